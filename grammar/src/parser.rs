@@ -10,6 +10,10 @@
 //! Nothing here panics on any input, and no error carries the source text:
 //! callers attach it with miette's `with_source_code`.
 
+// `ParseError` carries what the brief of the diagnostics asks for and comes
+// back once per file, so its size (128 bytes) is not worth boxing for.
+#![allow(clippy::result_large_err)]
+
 use std::cell::Cell;
 use std::fmt;
 use std::sync::LazyLock;
@@ -65,7 +69,8 @@ pub struct ParseError {
     pub label: String,
     pub help: Option<String>,
     /// A second place worth showing, e.g. the `{` that is never closed.
-    pub related: Option<(Span, String)>,
+    /// Boxed to keep `Result<_, ParseError>` small.
+    pub related: Option<Box<(Span, String)>>,
 }
 
 impl ParseError {
@@ -92,7 +97,7 @@ impl ParseError {
     }
 
     fn with_related(mut self, span: Span, label: impl Into<String>) -> Self {
-        self.related = Some((span, label.into()));
+        self.related = Some(Box::new((span, label.into())));
         self
     }
 }
@@ -115,7 +120,8 @@ impl Diagnostic for ParseError {
             Some(self.label.clone()),
             self.span,
         )];
-        if let Some((span, label)) = &self.related {
+        if let Some(related) = &self.related {
+            let (span, label) = &**related;
             labels.push(LabeledSpan::new_with_span(Some(label.clone()), *span));
         }
         Some(Box::new(labels.into_iter()))
@@ -1265,7 +1271,7 @@ impl<'s> Builder<'s> {
             .parse(pairs);
         self.pratt_depth.set(outer);
         let parsed = parsed?;
-        check_bare(&parsed)?;
+        self.check_bare(&parsed)?;
         Ok(parsed)
     }
 
@@ -1279,7 +1285,7 @@ impl<'s> Builder<'s> {
         if rhs.bare_min_int && op == UnOp::Neg {
             return Ok(Parsed::leaf(ExprKind::Int(i64::MIN), span));
         }
-        check_bare(&rhs)?;
+        self.check_bare(&rhs)?;
         self.node(
             ExprKind::Unary {
                 op,
@@ -1291,8 +1297,8 @@ impl<'s> Builder<'s> {
     }
 
     fn apply_binary(&self, lhs: Parsed, op: Pair<'s, Rule>, rhs: Parsed) -> Result<Parsed> {
-        check_bare(&lhs)?;
-        check_bare(&rhs)?;
+        self.check_bare(&lhs)?;
+        self.check_bare(&rhs)?;
         let bin = match op.as_rule() {
             Rule::op_or => BinOp::Or,
             Rule::op_and => BinOp::And,
@@ -1330,7 +1336,7 @@ impl<'s> Builder<'s> {
     }
 
     fn apply_index(&self, base: Parsed, op: Pair<'s, Rule>) -> Result<Parsed> {
-        check_bare(&base)?;
+        self.check_bare(&base)?;
         let span = Span::new(base.expr.span.start, span_of(&op).end);
         let (indices, depth) = self.parse_index_postfix(op)?;
         self.node(
@@ -1354,6 +1360,16 @@ impl<'s> Builder<'s> {
             depth,
             bare_min_int: false,
         })
+    }
+
+    /// `9223372036854775808` is only valid right under a unary minus.
+    fn check_bare(&self, parsed: &Parsed) -> Result<()> {
+        if parsed.bare_min_int {
+            let span = parsed.expr.span;
+            let text = self.src.get(span.start..span.end).unwrap_or("");
+            return Err(int_out_of_range(text, span));
+        }
+        Ok(())
     }
 
     fn parse_primary(&self, pair: Pair<'s, Rule>) -> Result<Parsed> {
@@ -1604,13 +1620,6 @@ impl<'s> Builder<'s> {
         }
         Ok((end, step, depth))
     }
-}
-
-fn check_bare(parsed: &Parsed) -> Result<()> {
-    if parsed.bare_min_int {
-        return Err(int_out_of_range("9223372036854775808", parsed.expr.span));
-    }
-    Ok(())
 }
 
 /// `e` is followed by another line of the block, starting at `next`.

@@ -7,6 +7,7 @@
 //! `logsumexp`, `normalize`, `sort`, `quantile`, `one_hot`…) are expanded into
 //! these primitives by the checker, so they get gradients and every backend for free.
 
+pub mod catalog;
 pub mod control;
 pub mod elementwise;
 pub mod index;

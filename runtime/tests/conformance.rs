@@ -1,0 +1,194 @@
+//! Every public conformance case (tests/conformance) through every built
+//! backend, against the float64 references, with the tolerances of
+//! tests/conformance/README.md. Prints a per-loss table; fails on any miss.
+
+use losslang_compiler::backend::Backend;
+use losslang_compiler::ops::Scalar;
+use losslang_compiler::program::{Call, CompileOptions, Program, compile};
+use losslang_compiler::sema::Source;
+use losslang_compiler::value::{DType, Tensor};
+use losslang_runtime::io::read_npy;
+use losslang_runtime::loader::FileLoader;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn json(p: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))).expect("valid JSON")
+}
+
+fn to_tensor(v: &Value) -> Tensor {
+    fn walk(v: &Value, shape: &mut Vec<usize>, depth: usize, out: &mut Vec<f64>) {
+        match v {
+            Value::Array(xs) => {
+                if shape.len() == depth {
+                    shape.push(xs.len());
+                }
+                for x in xs {
+                    walk(x, shape, depth + 1, out);
+                }
+            }
+            Value::Bool(b) => out.push(f64::from(u8::from(*b))),
+            Value::Number(n) => out.push(n.as_f64().expect("number")),
+            Value::String(s) => out.push(s.parse().expect("numeric string")),
+            Value::Null | Value::Object(_) => panic!("unexpected JSON in a state"),
+        }
+    }
+    let mut shape = vec![];
+    let mut out = vec![];
+    walk(v, &mut shape, 0, &mut out);
+    Tensor::from_f64(DType::F64, shape, out)
+}
+
+fn close(got: &[f64], exp: &[f64], rtol: f64, atol: f64) -> Result<(), String> {
+    if got.len() != exp.len() {
+        return Err(format!("{} values, expected {}", got.len(), exp.len()));
+    }
+    let scale = exp.iter().fold(1.0f64, |m, x| m.max(x.abs()));
+    let mut worst = 0.0f64;
+    for (g, e) in got.iter().zip(exp) {
+        if g.is_finite() != e.is_finite() {
+            return Err(format!("non-finite mismatch: got {g}, expected {e}"));
+        }
+        let err = (g - e).abs();
+        worst = worst.max(err);
+        if e.is_finite() && err > atol * scale + rtol * e.abs() {
+            return Err(format!("got {g}, expected {e} (err {err:.3e}, scale {scale:.3e})"));
+        }
+    }
+    let _ = worst;
+    Ok(())
+}
+
+fn params_of(p: &Path) -> Vec<(String, Scalar)> {
+    match json(p) {
+        Value::Object(m) => m
+            .into_iter()
+            .map(|(k, v)| {
+                let s = match v {
+                    Value::Bool(b) => Scalar::B(b),
+                    Value::Number(n) if n.is_i64() => Scalar::I(n.as_i64().expect("i64")),
+                    Value::Number(n) => Scalar::F(n.as_f64().expect("f64")),
+                    other => panic!("param {k}: {other}"),
+                };
+                (k, s)
+            })
+            .collect(),
+        _ => panic!("params.json is an object"),
+    }
+}
+
+fn state_of(v: &Value) -> Vec<(String, Tensor)> {
+    match v {
+        Value::Object(m) => m.iter().map(|(k, v)| (k.clone(), to_tensor(v))).collect(),
+        _ => vec![],
+    }
+}
+
+/// Runs one step; returns the new state or a failure message.
+fn run_step(p: &Program, dir: &Path, state: Vec<(String, Tensor)>) -> Result<Vec<(String, Tensor)>, String> {
+    let mut inputs = vec![];
+    for decl in &p.opt.inputs {
+        let f = dir.join("inputs").join(format!("{}.npy", decl.name));
+        inputs.push((decl.name.clone(), read_npy(&f, &decl.name).map_err(|e| e.to_string())?));
+    }
+    let call = Call {
+        inputs,
+        params: params_of(&dir.join("params.json")),
+        state,
+        grads: true,
+        ..Call::default()
+    };
+    let out = p.run(&call).map_err(|e| e.message)?;
+    let exp = json(&dir.join("expected.json"));
+    let el = exp["loss"].as_f64().ok_or("expected loss")?;
+    close(&[out.loss], &[el], 0.0, 2e-4).map_err(|e| format!("loss: {e}"))?;
+    if let Value::Object(gs) = &exp["grads"] {
+        for (name, rel) in gs {
+            let want = read_npy(&dir.join(rel.as_str().ok_or("path")?), name).map_err(|e| e.to_string())?;
+            let got = out.grads.iter().find(|(n, _)| n == name).ok_or(format!("no gradient for {name}"))?;
+            if got.1.shape != want.shape {
+                return Err(format!("grad {name}: shape {:?}, expected {:?}", got.1.shape, want.shape));
+            }
+            // The compiler's f32 gradient is compared after rounding, as a float32 file would hold it.
+            let g32: Vec<f64> = got.1.to_f64_vec().iter().map(|x| f64::from(*x as f32)).collect();
+            close(&g32, &want.to_f64_vec(), 1e-3, 1e-5).map_err(|e| format!("grad {name}: {e}"))?;
+        }
+    }
+    if let Value::Object(st) = &exp["state"] {
+        for (k, v) in st {
+            let want = to_tensor(v);
+            let got = out.state.iter().find(|(n, _)| n == k).ok_or(format!("no state {k}"))?;
+            close(&got.1.to_f64_vec(), &want.to_f64_vec(), 0.0, 2e-4).map_err(|e| format!("state {k}: {e}"))?;
+        }
+    }
+    Ok(out.state)
+}
+
+fn run_case(p: &Program, case: &Path) -> Result<(), String> {
+    let mut steps: Vec<PathBuf> = std::fs::read_dir(case)
+        .map_err(|e| e.to_string())?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("step-")))
+        .collect();
+    steps.sort();
+    if steps.is_empty() {
+        steps.push(case.to_path_buf());
+    }
+    let mut state = state_of(&json(&steps[0].join("state.json")));
+    for s in &steps {
+        state = run_step(p, s, state)?;
+    }
+    Ok(())
+}
+
+#[test]
+fn conformance_every_case_every_backend() {
+    let cases = root().join("tests/conformance/cases/public");
+    let mut names: Vec<String> = std::fs::read_dir(&cases)
+        .expect("cases folder")
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().to_string()))
+        .collect();
+    names.sort();
+    assert!(names.len() >= 35, "expected the 35 losses, found {}", names.len());
+    let backends: Vec<Backend> = [Backend::Interp, Backend::Jit, Backend::Candle].into_iter().filter(|b| b.available()).collect();
+    let mut failures = vec![];
+    let mut table = vec![];
+    let (mut total_pass, mut total) = (0, 0);
+    for name in &names {
+        let file = root().join("stdlib").join(format!("{name}.loss"));
+        let mut case_dirs: Vec<PathBuf> = std::fs::read_dir(cases.join(name)).expect("loss folder").filter_map(|e| e.ok().map(|e| e.path())).collect();
+        case_dirs.sort();
+        for b in &backends {
+            let mut pass = 0;
+            let prog = std::fs::read_to_string(&file)
+                .map_err(|e| format!("{}: {e}", file.display()))
+                .and_then(|text| {
+                    compile(Source { name: file.display().to_string(), text }, &FileLoader, &CompileOptions::default())
+                        .map_err(|f| f.diags.iter().filter(|d| d.is_error()).map(|d| format!("{}: {}", d.code, d.message)).collect::<Vec<_>>().join("; "))
+                });
+            for c in &case_dirs {
+                total += 1;
+                let r = match &prog {
+                    Ok(p) => run_case(p, c),
+                    Err(e) => Err(format!("does not compile: {e}")),
+                };
+                match r {
+                    Ok(()) => pass += 1,
+                    Err(e) => failures.push(format!("FAIL {name}/{} [{b}]: {e}", c.file_name().expect("name").to_string_lossy())),
+                }
+            }
+            total_pass += pass;
+            table.push(format!("{name:<28} {b:<7} {pass}/{}", case_dirs.len()));
+        }
+    }
+    println!("{}", table.join("\n"));
+    for f in &failures {
+        println!("{f}");
+    }
+    println!("conformance: {total_pass} passed, {} failed", total - total_pass);
+    assert!(failures.is_empty(), "{} conformance cases failed", failures.len());
+}

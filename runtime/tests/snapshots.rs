@@ -1,0 +1,46 @@
+//! Every stage's text form (ast, ir, grad, opt) for every `.loss` file in
+//! stdlib/, examples/ and compiler/tests/cases/ (found by glob: nothing is
+//! registered by hand). Module files (only `fn`s) get their ast snapshot.
+
+use losslang_compiler::ir::print::print;
+use losslang_compiler::program::{CompileOptions, compile};
+use losslang_compiler::sema::Source;
+use losslang_runtime::loader::FileLoader;
+use std::path::Path;
+
+fn stages(path: &Path) {
+    let text = std::fs::read_to_string(path).expect("readable");
+    let file = path.file_name().expect("file name").to_string_lossy().to_string();
+    let ast = match losslang_grammar::parse(&text) {
+        Ok(f) => losslang_grammar::print::print_file(&f),
+        Err(e) => panic!("{file} does not parse: {}", e.message),
+    };
+    insta::assert_snapshot!("ast", ast);
+    let has_loss = ast.lines().any(|l| l.trim_start().starts_with("(loss "));
+    if !has_loss {
+        return;
+    }
+    // Named by the file's base name so no machine path enters a snapshot.
+    let p = match compile(Source { name: file.clone(), text }, &FileLoader, &CompileOptions::default()) {
+        Ok(p) => p,
+        Err(f) => panic!("{file} does not compile: {:?}", f.diags.iter().map(|d| &d.message).collect::<Vec<_>>()),
+    };
+    insta::assert_snapshot!("ir", print(&p.ir, "ir"));
+    insta::assert_snapshot!("grad", print(&p.grad, "grad"));
+    insta::assert_snapshot!("opt", print(&p.opt, "opt"));
+}
+
+#[test]
+fn stdlib_stages() {
+    insta::glob!("../../stdlib", "*.loss", |p| stages(p));
+}
+
+#[test]
+fn examples_stages() {
+    insta::glob!("../../examples", "*.loss", |p| stages(p));
+}
+
+#[test]
+fn case_stages() {
+    insta::glob!("../../compiler/tests/cases", "*.loss", |p| stages(p));
+}
