@@ -93,10 +93,10 @@ impl Dim {
         if k == 1 {
             return self.clone();
         }
-        if let Some(c) = self.as_const() {
-            if k != 0 {
-                return Dim::lit(c.div_euclid(k));
-            }
+        if let Some(c) = self.as_const()
+            && k != 0
+        {
+            return Dim::lit(c.div_euclid(k));
         }
         Dim::atom(Atom::FloorDiv(Box::new(self.clone()), k))
     }
@@ -226,6 +226,26 @@ pub fn shape_str(s: &[Dim]) -> String {
     format!("[{}]", parts.join(", "))
 }
 
+/// Run-time values of the symbolic dims (and i64 params used as sizes).
+pub type DimEnv<'a> = &'a dyn Fn(&str) -> Option<i64>;
+
+/// A dim's run-time size; negative or unbound is an error.
+pub fn size(d: &Dim, env: DimEnv) -> Result<usize, crate::kernels::EvalError> {
+    match d.eval(env) {
+        Some(v) if v >= 0 => Ok(v as usize),
+        Some(v) => Err(crate::kernels::EvalError::Shape(format!(
+            "size `{d}` evaluates to {v}, which is negative"
+        ))),
+        None => Err(crate::kernels::EvalError::Shape(format!(
+            "size `{d}` is not bound: pass it with --dims"
+        ))),
+    }
+}
+
+pub fn sizes(s: &[Dim], env: DimEnv) -> Result<Vec<usize>, crate::kernels::EvalError> {
+    s.iter().map(|d| size(d, env)).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -247,24 +267,4 @@ mod tests {
         let env = |s: &str| (s == "Q").then_some(7);
         assert_eq!(k1.eval(&env), Some(3));
     }
-}
-
-/// Run-time values of the symbolic dims (and i64 params used as sizes).
-pub type DimEnv<'a> = &'a dyn Fn(&str) -> Option<i64>;
-
-/// A dim's run-time size; negative or unbound is an error.
-pub fn size(d: &Dim, env: DimEnv) -> Result<usize, crate::kernels::EvalError> {
-    match d.eval(env) {
-        Some(v) if v >= 0 => Ok(v as usize),
-        Some(v) => Err(crate::kernels::EvalError::Shape(format!(
-            "size `{d}` evaluates to {v}, which is negative"
-        ))),
-        None => Err(crate::kernels::EvalError::Shape(format!(
-            "size `{d}` is not bound: pass it with --dims"
-        ))),
-    }
-}
-
-pub fn sizes(s: &[Dim], env: DimEnv) -> Result<Vec<usize>, crate::kernels::EvalError> {
-    s.iter().map(|d| size(d, env)).collect()
 }

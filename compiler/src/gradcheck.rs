@@ -94,7 +94,7 @@ pub fn gradcheck(p: &Program, env: &Env, per_input: usize) -> Result<Report, Run
                 chk.max_abs_err = if err.is_finite() { err } else { f64::INFINITY };
                 chk.worst = Some((crate::kernels::unravel(i, &env.inputs[*k].shape), a, fd));
             }
-            if !(err <= tol) {
+            if err.is_nan() || err > tol {
                 chk.passed = false;
             }
         }

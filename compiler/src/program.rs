@@ -446,6 +446,19 @@ impl Program {
         } else {
             vec![]
         };
+        // Results take their declared dtype (the loss stays f64: the oracle's full precision).
+        let reports: Vec<(String, Tensor)> = reports
+            .into_iter()
+            .map(|(n, t)| (n, to_declared(t)))
+            .collect();
+        let state: Vec<(String, Tensor)> = state
+            .into_iter()
+            .map(|(n, t)| (n, to_declared(t)))
+            .collect();
+        let grads: Vec<(String, Tensor)> = grads
+            .into_iter()
+            .map(|(n, t)| (n, to_declared(t)))
+            .collect();
         let loss = loss_t.scalar_f64().unwrap_or(f64::NAN);
         if check {
             if !loss.is_finite() {
@@ -633,6 +646,18 @@ fn reaches_input(g: &Graph, h: Handle) -> bool {
     false
 }
 
+/// Rounds the f64 values of an f32 tensor to f32.
+fn to_declared(mut t: Tensor) -> Tensor {
+    if t.dtype == DType::F32
+        && let Data::F(v) = &mut t.data
+    {
+        for x in v.iter_mut() {
+            *x = f64::from(*x as f32);
+        }
+    }
+    t
+}
+
 fn round_to(d: DType, v: f64) -> f64 {
     if d == DType::F32 {
         f64::from(v as f32)
@@ -691,22 +716,22 @@ fn bind_dim(
 }
 
 fn check_finite(t: &Tensor, what: &str) -> Result<(), RunError> {
-    if let Data::F(v) = &t.data {
-        if let Some(i) = v.iter().position(|x| !x.is_finite()) {
-            let pos = crate::kernels::unravel(i, &t.shape);
-            return Err(RunError::new(
-                "L6112",
-                format!(
-                    "{what} is {} at [{}]",
-                    v[i],
-                    pos.iter()
-                        .map(|x| x.to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-                "--check-finite rejects NaN and Inf; clean the data or drop the flag",
-            ));
-        }
+    if let Data::F(v) = &t.data
+        && let Some(i) = v.iter().position(|x| !x.is_finite())
+    {
+        let pos = crate::kernels::unravel(i, &t.shape);
+        return Err(RunError::new(
+            "L6112",
+            format!(
+                "{what} is {} at [{}]",
+                v[i],
+                pos.iter()
+                    .map(|x| x.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            "--check-finite rejects NaN and Inf; clean the data or drop the flag",
+        ));
     }
     Ok(())
 }

@@ -17,21 +17,36 @@ use std::collections::BTreeSet;
 struct Lcg(u64);
 impl Lcg {
     fn next(&mut self) -> f64 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (self.0 >> 11) as f64 / (1u64 << 53) as f64
     }
 }
 
 fn concrete(t: &Ty) -> Vec<usize> {
-    t.shape.iter().map(|d| d.as_const().expect("samples use fixed sizes") as usize).collect()
+    t.shape
+        .iter()
+        .map(|d| d.as_const().expect("samples use fixed sizes") as usize)
+        .collect()
 }
 
 fn data(arg: &losslang_compiler::ops::catalog::Arg, rng: &mut Lcg) -> Tensor {
     let shape = concrete(&arg.ty);
     let n: usize = shape.iter().product();
     match &arg.domain {
-        Domain::Float(lo, hi) => Tensor::from_f64(arg.ty.dtype, shape, (0..n).map(|_| lo + (hi - lo) * rng.next()).collect()),
-        Domain::Index(lo, hi) => Tensor::from_i64(shape, (0..n).map(|_| lo + ((hi - lo) as f64 * rng.next()) as i64).collect()),
+        Domain::Float(lo, hi) => Tensor::from_f64(
+            arg.ty.dtype,
+            shape,
+            (0..n).map(|_| lo + (hi - lo) * rng.next()).collect(),
+        ),
+        Domain::Index(lo, hi) => Tensor::from_i64(
+            shape,
+            (0..n)
+                .map(|_| lo + ((hi - lo) as f64 * rng.next()) as i64)
+                .collect(),
+        ),
         Domain::Unique(hi) => {
             let mut pool: Vec<i64> = (0..*hi).collect();
             for i in 0..n {
@@ -72,9 +87,15 @@ fn every_op_vjp_matches_finite_differences() {
             args.push(g.push_typed(Op::Input(k), vec![], a.ty.clone(), sp));
             env.inputs.push(data(a, &mut rng));
         }
-        let out = g.push(smp.op.clone(), args, sp).unwrap_or_else(|e| panic!("sample {} is ill-typed: {e}", smp.op.name()));
+        let out = g
+            .push(smp.op.clone(), args, sp)
+            .unwrap_or_else(|e| panic!("sample {} is ill-typed: {e}", smp.op.name()));
         let oty = g.ty(out).clone();
-        let outf = if oty.dtype == DType::F64 { out } else { g.cast(out, DType::F64, sp) };
+        let outf = if oty.dtype == DType::F64 {
+            out
+        } else {
+            g.cast(out, DType::F64, sp)
+        };
         // A random weighting makes every output element matter.
         let k = g.inputs.len();
         let wty = Ty::new(DType::F64, oty.shape.clone());
@@ -99,7 +120,8 @@ fn every_op_vjp_matches_finite_differences() {
         let mut gg = g.clone();
         differentiate(&mut gg);
         verify(&gg).unwrap_or_else(|e| panic!("{} after autodiff: {e}", g.name));
-        let opt = losslang_compiler::opt::optimize(&gg).unwrap_or_else(|e| panic!("{}: {e}", g.name));
+        let opt =
+            losslang_compiler::opt::optimize(&gg).unwrap_or_else(|e| panic!("{}: {e}", g.name));
         let p = Program {
             sources: vec![],
             ir: g.clone(),
@@ -110,15 +132,52 @@ fn every_op_vjp_matches_finite_differences() {
         };
         let rep = gradcheck(&p, &env, 64).unwrap_or_else(|e| panic!("{}: {}", g.name, e.message));
         for i in &rep.inputs {
-            assert!(i.passed, "{} (op `{}`): gradient of {} differs from finite differences: {:?}", g.name, smp.op.name(), i.name, i.worst);
+            assert!(
+                i.passed,
+                "{} (op `{}`): gradient of {} differs from finite differences: {:?}",
+                g.name,
+                smp.op.name(),
+                i.name,
+                i.worst
+            );
         }
         checked += 1;
     }
     // Every kind of op has a sample.
     let all_kinds = [
-        "input", "param", "state", "const", "dim", "fill", "iota", "rand", "unary", "binary", "where", "cast", "stop_grad", "reduce", "argmax", "argmin", "norm",
-        "reshape", "broadcast_to", "transpose", "slice", "pad", "reverse", "concat", "take_along", "scatter_add_along", "index_select", "index_add", "scatter",
-        "one_hot", "matmul", "argsort", "cumsum",
+        "input",
+        "param",
+        "state",
+        "const",
+        "dim",
+        "fill",
+        "iota",
+        "rand",
+        "unary",
+        "binary",
+        "where",
+        "cast",
+        "stop_grad",
+        "reduce",
+        "argmax",
+        "argmin",
+        "norm",
+        "reshape",
+        "broadcast_to",
+        "transpose",
+        "slice",
+        "pad",
+        "reverse",
+        "concat",
+        "take_along",
+        "scatter_add_along",
+        "index_select",
+        "index_add",
+        "scatter",
+        "one_hot",
+        "matmul",
+        "argsort",
+        "cumsum",
     ];
     for k in all_kinds {
         assert!(kinds.contains(k), "no sample for op kind `{k}`");
@@ -131,33 +190,70 @@ fn every_op_vjp_matches_finite_differences() {
 fn kink_conventions() {
     use losslang_compiler::ops::{Scalar, UnaryOp};
     let sp = Span::default();
-    let run = |build: &dyn Fn(&mut Graph, losslang_compiler::ir::Handle) -> losslang_compiler::ir::Handle, x: Vec<f64>| -> Vec<f64> {
+    let run = |build: &dyn Fn(
+        &mut Graph,
+        losslang_compiler::ir::Handle,
+    ) -> losslang_compiler::ir::Handle,
+               x: Vec<f64>|
+     -> Vec<f64> {
         let mut g = Graph::default();
-        let ty = Ty::new(DType::F64, vec![losslang_compiler::dim::Dim::lit(x.len() as i64)]);
-        g.inputs.push(InputDecl { name: "x".into(), ty: ty.clone(), diff: true, span: sp, doc: None });
+        let ty = Ty::new(
+            DType::F64,
+            vec![losslang_compiler::dim::Dim::lit(x.len() as i64)],
+        );
+        g.inputs.push(InputDecl {
+            name: "x".into(),
+            ty: ty.clone(),
+            diff: true,
+            span: sp,
+            doc: None,
+        });
         let xi = g.push_typed(Op::Input(0), vec![], ty, sp);
         let y = build(&mut g, xi);
         let r = g.ty(y).rank();
         let l = g.sum(y, (0..r).collect(), false, sp);
         g.loss = Some(l);
         differentiate(&mut g);
-        let env = Env { inputs: vec![Tensor::from_f64(DType::F64, vec![x.len()], x)], ..Env::default() };
+        let env = Env {
+            inputs: vec![Tensor::from_f64(DType::F64, vec![x.len()], x)],
+            ..Env::default()
+        };
         let roots = vec![g.grads[0].1];
         losslang_compiler::ir::eval::eval(&g, &env, &roots).expect("eval")[0].to_f64_vec()
     };
-    assert_eq!(run(&|g, x| g.unary(UnaryOp::Relu, x, sp), vec![0.0, 1.0, -1.0]), vec![0.0, 1.0, 0.0]);
-    assert_eq!(run(&|g, x| g.unary(UnaryOp::Abs, x, sp), vec![0.0, 2.0, -2.0]), vec![0.0, 1.0, -1.0]);
+    assert_eq!(
+        run(&|g, x| g.unary(UnaryOp::Relu, x, sp), vec![0.0, 1.0, -1.0]),
+        vec![0.0, 1.0, 0.0]
+    );
+    assert_eq!(
+        run(&|g, x| g.unary(UnaryOp::Abs, x, sp), vec![0.0, 2.0, -2.0]),
+        vec![0.0, 1.0, -1.0]
+    );
     // Ties in a max reduction go to the first index.
     assert_eq!(
-        run(&|g, x| g.mk(Op::Reduce { kind: losslang_compiler::ops::ReduceKind::Max, axes: vec![0], keepdims: false }, vec![x], sp), vec![1.0, 3.0, 3.0]),
+        run(
+            &|g, x| g.mk(
+                Op::Reduce {
+                    kind: losslang_compiler::ops::ReduceKind::Max,
+                    axes: vec![0],
+                    keepdims: false
+                },
+                vec![x],
+                sp
+            ),
+            vec![1.0, 3.0, 3.0]
+        ),
         vec![0.0, 1.0, 0.0]
     );
     // maximum(a, b) sends the gradient to a on ties.
     assert_eq!(
-        run(&|g, x| {
-            let c = g.constant(Scalar::F(1.0), DType::F64, sp);
-            g.binary(BinaryOp::Maximum, x, c, sp)
-        }, vec![1.0, 0.0, 2.0]),
+        run(
+            &|g, x| {
+                let c = g.constant(Scalar::F(1.0), DType::F64, sp);
+                g.binary(BinaryOp::Maximum, x, c, sp)
+            },
+            vec![1.0, 0.0, 2.0]
+        ),
         vec![1.0, 0.0, 1.0]
     );
 }

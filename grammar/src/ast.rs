@@ -197,6 +197,8 @@ pub struct Arg {
     pub span: Span,
 }
 
+// Index lists are short and parsed once; boxing the bounds would only add noise.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq)]
 pub enum IndexItem {
     Index(Expr),

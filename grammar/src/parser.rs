@@ -1,4 +1,4 @@
-//! Source text to [`ast::File`].
+//! Source text to [`File`].
 //!
 //! Three stages: a byte pre-scan that rejects characters the language has no
 //! use for and bounds bracket nesting (the generated pest parser recurses once
@@ -9,10 +9,6 @@
 //!
 //! Nothing here panics on any input, and no error carries the source text:
 //! callers attach it with miette's `with_source_code`.
-
-// `ParseError` carries what the brief of the diagnostics asks for and comes
-// back once per file, so its size (128 bytes) is not worth boxing for.
-#![allow(clippy::result_large_err)]
 
 use std::cell::Cell;
 use std::fmt;
@@ -55,7 +51,7 @@ const BAD_CHAR: &str = "L1005";
 /// No items at all.
 const EMPTY: &str = "L1006";
 
-/// A parse failure, with one primary label and at most one secondary one.
+/// A parse failure: what is wrong, where, and how to fix it when that is known.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
 pub struct ParseError {
@@ -68,9 +64,6 @@ pub struct ParseError {
     pub span_range: Span,
     pub label: String,
     pub help: Option<String>,
-    /// A second place worth showing, e.g. the `{` that is never closed.
-    /// Boxed to keep `Result<_, ParseError>` small.
-    pub related: Option<Box<(Span, String)>>,
 }
 
 impl ParseError {
@@ -87,17 +80,11 @@ impl ParseError {
             span_range: span,
             label: label.into(),
             help: None,
-            related: None,
         }
     }
 
     fn with_help(mut self, help: impl Into<String>) -> Self {
         self.help = Some(help.into());
-        self
-    }
-
-    fn with_related(mut self, span: Span, label: impl Into<String>) -> Self {
-        self.related = Some(Box::new((span, label.into())));
         self
     }
 }
@@ -116,15 +103,8 @@ impl Diagnostic for ParseError {
     }
 
     fn labels(&self) -> Option<Box<dyn Iterator<Item = LabeledSpan> + '_>> {
-        let mut labels = vec![LabeledSpan::new_primary_with_span(
-            Some(self.label.clone()),
-            self.span,
-        )];
-        if let Some(related) = &self.related {
-            let (span, label) = &**related;
-            labels.push(LabeledSpan::new_with_span(Some(label.clone()), *span));
-        }
-        Some(Box::new(labels.into_iter()))
+        let label = LabeledSpan::new_primary_with_span(Some(self.label.clone()), self.span);
+        Some(Box::new(std::iter::once(label)))
     }
 }
 
@@ -410,9 +390,10 @@ fn describe(rule: Rule) -> (&'static str, Rank) {
     }
 }
 
+/// Reserved words; `margin` and `diff` are keywords only in context.
 const KEYWORDS: &[&str] = &[
-    "loss", "fn", "margin", "use", "let", "param", "state", "report", "if", "else", "and", "or",
-    "not", "true", "false", "diff", "assert", "None",
+    "loss", "fn", "use", "let", "param", "state", "report", "if", "else", "and", "or", "not",
+    "true", "false", "assert", "None",
 ];
 
 const IF_ELSE_HELP: &str = "an `if` expression needs an `else` branch: both branches give a value";
@@ -574,6 +555,9 @@ fn syntax_error(src: &str, err: &pest::error::Error<Rule>) -> ParseError {
         ))
     } else if found.text == "=" && (expects(Rule::stmt) || expects(Rule::op_add)) {
         match prev_word {
+            Some(name) if declares_state(before, name) => {
+                Some(format!("a `state` is updated with `<-`: `{name} <- ...`"))
+            }
             Some(name) if !KEYWORDS.contains(&name) => Some(format!(
                 "to bind a name, write `let {name} = ...`; to compare two values, use `==`"
             )),
@@ -598,8 +582,32 @@ fn syntax_error(src: &str, err: &pest::error::Error<Rule>) -> ParseError {
         Some("logical and is written `and` (or `&`)".into())
     } else if (found.text == "|" && before.ends_with('|')) || found.text == "||" {
         Some("logical or is written `or` (or `|`)".into())
-    } else if found.text.starts_with('.') {
+    } else if found.text.len() > 1 && found.text.starts_with('.') {
         Some("a number starts with a digit, like `0.5`".into())
+    } else if found.text == "." {
+        let after = src.get(found.span.end..).unwrap_or("");
+        let len = after
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(after.len());
+        match &after[..len] {
+            "" => Some("there are no methods or fields; `.` only appears in numbers".into()),
+            m => Some(format!(
+                "there are no methods: write `{m}(x)` instead of `x.{m}()`"
+            )),
+        }
+    } else if found.text == "def" {
+        Some("functions are written `fn name(args) { ... }`".into())
+    } else if found.text == "-" && expects(Rule::dim) {
+        Some("a dimension is a size: a name like `N` or a whole number".into())
+    } else if expects(Rule::comma)
+        && !src.get(before.len()..pos).unwrap_or("").contains('\n')
+        && (is_name(&found.text) || found.text.starts_with(|c: char| c.is_ascii_digit()))
+    {
+        // On the next line, a missing closer is likelier: see below.
+        Some(format!(
+            "is a `,` missing before `{}`?",
+            truncate(&found.text, 40)
+        ))
     } else if found.text == "None" {
         Some("`None` only adds an axis inside an index, like `x[:, None]`".into())
     } else if found.text == "return" || prev_word == Some("return") {
@@ -609,46 +617,71 @@ fn syntax_error(src: &str, err: &pest::error::Error<Rule>) -> ParseError {
     };
 
     // Bracket context: the most common cause of a confusing error far from
-    // the real mistake.
+    // the real mistake. (A second label would show it better, but would
+    // grow `ParseError` past what clippy accepts in a `Result`.)
     let open = open_brackets(src, pos);
-    let found_closer = matches!(found.text.as_str(), ")" | "]" | "}");
-    let mut bracket_help = None;
-    if let Some(&(at, b)) = open.last() {
-        let opener = b as char;
-        let close = closer(b) as char;
-        if found.is_eof() {
-            error = error.with_related(
-                Span::new(at, at + 1),
-                format!("this `{opener}` is never closed"),
-            );
-            bracket_help = Some(format!("every `{opener}` needs a matching `{close}`"));
-        } else if found_closer && found.text.as_bytes()[0] != closer(b) {
-            error = error.with_related(
-                Span::new(at, at + 1),
-                format!("this `{opener}` is still open"),
-            );
-            bracket_help = Some(format!("close the `{opener}` with `{close}` first"));
-        } else if b != b'{'
-            && words.contains(&if b == b'(' { "`)`" } else { "`]`" })
-            && line_of(src, at) != line_of(src, pos)
-        {
-            // Braces span lines by nature; an open `(` or `[` on an earlier
-            // line usually means a missing closer.
-            error = error.with_related(
-                Span::new(at, at + 1),
-                format!("this `{opener}` is still open"),
-            );
+    let still_open = |at: usize, b: u8| {
+        format!(
+            "the `{}` on line {} is still open",
+            b as char,
+            line_of(src, at) + 1
+        )
+    };
+    let bracket_help = match (open.last(), found.text.as_bytes().first()) {
+        (Some(&(at, b)), None) => Some(format!(
+            "the `{opener}` on line {} is never closed; every `{opener}` needs a matching `{}`",
+            line_of(src, at) + 1,
+            closer(b) as char,
+            opener = b as char,
+        )),
+        (top, Some(&c @ (b')' | b']' | b'}'))) if top.is_none_or(|&(_, b)| closer(b) != c) => {
+            match open.iter().rev().find(|(_, b)| closer(*b) == c) {
+                // Its opener is there, but something opened later is not
+                // closed yet.
+                Some(_) => top.map(|&(at, b)| {
+                    format!(
+                        "{}; close it with `{}` first",
+                        still_open(at, b),
+                        closer(b) as char
+                    )
+                }),
+                None => Some(match top {
+                    Some(&(at, b)) => format!(
+                        "this `{}` has no matching opening bracket; {}",
+                        c as char,
+                        still_open(at, b)
+                    ),
+                    None => format!("this `{}` has no matching opening bracket", c as char),
+                }),
+            }
         }
-    } else if found_closer {
-        bracket_help = Some(format!(
-            "this `{}` has no matching opening bracket",
-            found.text
-        ));
-    }
+        // Braces span lines by nature; an open `(` or `[` on an earlier
+        // line usually means a missing closer.
+        (Some(&(at, b)), Some(_))
+            if b != b'{'
+                && words.contains(&if b == b'(' { "`)`" } else { "`]`" })
+                && line_of(src, at) != line_of(src, pos) =>
+        {
+            Some(still_open(at, b))
+        }
+        _ => None,
+    };
     if let Some(help) = help.or(bracket_help) {
         error = error.with_help(help);
     }
     error
+}
+
+/// Whether `text` declares a state named `name` (`state name:`).
+fn declares_state(text: &str, name: &str) -> bool {
+    text.match_indices("state").any(|(i, _)| {
+        let rest = text[i + "state".len()..].trim_start();
+        let at_word_start = text[..i]
+            .chars()
+            .next_back()
+            .is_none_or(|c| !(c.is_ascii_alphanumeric() || c == '_'));
+        at_word_start && rest.starts_with(name) && rest[name.len()..].trim_start().starts_with(':')
+    })
 }
 
 fn is_name(s: &str) -> bool {

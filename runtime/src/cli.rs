@@ -782,17 +782,17 @@ fn run(ctx: &Ctx, a: RunArgs, out: &mut dyn Write) -> Res<()> {
         for (k, (_, v)) in o.state.into_iter().enumerate() {
             env.state[k] = v;
         }
-        if step + 1 == a.steps {
-            if let Some(path) = &a.save_state {
-                let named: Vec<(String, Tensor)> = p
-                    .opt
-                    .states
-                    .iter()
-                    .map(|s| s.name.clone())
-                    .zip(env.state.iter().cloned())
-                    .collect();
-                write_json_atomic(path, &state_to_json(&named)).map_err(|e| data_fail(ctx, e))?;
-            }
+        if step + 1 == a.steps
+            && let Some(path) = &a.save_state
+        {
+            let named: Vec<(String, Tensor)> = p
+                .opt
+                .states
+                .iter()
+                .map(|s| s.name.clone())
+                .zip(env.state.iter().cloned())
+                .collect();
+            write_json_atomic(path, &state_to_json(&named)).map_err(|e| data_fail(ctx, e))?;
         }
     }
     call.inputs.clear();

@@ -66,10 +66,10 @@ pub fn index_uses(g: &Graph) -> BTreeMap<usize, IndexUse> {
             });
             e.unique |= unique;
             // Keep the smallest known bound when an input indexes several axes.
-            if let (Some(a), Some(b)) = (e.bound.as_const(), bound.as_const()) {
-                if b < a {
-                    e.bound = bound.clone();
-                }
+            if let (Some(a), Some(b)) = (e.bound.as_const(), bound.as_const())
+                && b < a
+            {
+                e.bound = bound.clone();
             }
         }
     }
@@ -88,11 +88,7 @@ fn inputs_feeding(g: &Graph, h: Handle) -> Vec<usize> {
         }
         let n = g.node(x);
         match &n.op {
-            Op::Input(k) => {
-                if !out.contains(k) {
-                    out.push(*k)
-                }
-            }
+            Op::Input(k) if !out.contains(k) => out.push(*k),
             Op::Where => stack.extend([n.args[1], n.args[2]]),
             Op::Reshape(_)
             | Op::BroadcastTo(_)

@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use std::io;
 use std::path::Path;
 
-use losslang_compiler::value::{Data, Tensor};
+use losslang_compiler::value::{DType, Data, Tensor};
 use serde_json::{Map, Number, Value};
 
 use crate::io::DataError;
@@ -262,11 +262,24 @@ fn float_to_json(x: f64) -> Value {
     }
 }
 
+fn f32_to_json(x: f64) -> Value {
+    let y = x as f32;
+    if !y.is_finite() {
+        return float_to_json(f64::from(y));
+    }
+    match format!("{y:?}").parse::<Number>() {
+        Ok(n) => Value::Number(n),
+        Err(_) => float_to_json(f64::from(y)),
+    }
+}
+
 /// Most nested empty lists emitted for a tensor with a zero-length axis.
 const MAX_EMPTY_LISTS: usize = 1 << 20;
 
 fn tensor_to_json(t: &Tensor) -> Value {
     let leaves: Vec<Value> = match &t.data {
+        // f32 values are written in their shortest f32 form, which reads back to the same bits.
+        Data::F(v) if t.dtype == DType::F32 => v.iter().map(|&x| f32_to_json(x)).collect(),
         Data::F(v) => v.iter().map(|&x| float_to_json(x)).collect(),
         Data::I(v) => v.iter().map(|&x| Value::from(x)).collect(),
         Data::B(v) => v.iter().map(|&x| Value::Bool(x)).collect(),

@@ -17,7 +17,10 @@ fn root() -> PathBuf {
 }
 
 fn json(p: &Path) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))).expect("valid JSON")
+    serde_json::from_str(
+        &std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())),
+    )
+    .expect("valid JSON")
 }
 
 fn to_tensor(v: &Value) -> Tensor {
@@ -56,7 +59,9 @@ fn close(got: &[f64], exp: &[f64], rtol: f64, atol: f64) -> Result<(), String> {
         let err = (g - e).abs();
         worst = worst.max(err);
         if e.is_finite() && err > atol * scale + rtol * e.abs() {
-            return Err(format!("got {g}, expected {e} (err {err:.3e}, scale {scale:.3e})"));
+            return Err(format!(
+                "got {g}, expected {e} (err {err:.3e}, scale {scale:.3e})"
+            ));
         }
     }
     let _ = worst;
@@ -89,11 +94,18 @@ fn state_of(v: &Value) -> Vec<(String, Tensor)> {
 }
 
 /// Runs one step; returns the new state or a failure message.
-fn run_step(p: &Program, dir: &Path, state: Vec<(String, Tensor)>) -> Result<Vec<(String, Tensor)>, String> {
+fn run_step(
+    p: &Program,
+    dir: &Path,
+    state: Vec<(String, Tensor)>,
+) -> Result<Vec<(String, Tensor)>, String> {
     let mut inputs = vec![];
     for decl in &p.opt.inputs {
         let f = dir.join("inputs").join(format!("{}.npy", decl.name));
-        inputs.push((decl.name.clone(), read_npy(&f, &decl.name).map_err(|e| e.to_string())?));
+        inputs.push((
+            decl.name.clone(),
+            read_npy(&f, &decl.name).map_err(|e| e.to_string())?,
+        ));
     }
     let call = Call {
         inputs,
@@ -108,21 +120,39 @@ fn run_step(p: &Program, dir: &Path, state: Vec<(String, Tensor)>) -> Result<Vec
     close(&[out.loss], &[el], 0.0, 2e-4).map_err(|e| format!("loss: {e}"))?;
     if let Value::Object(gs) = &exp["grads"] {
         for (name, rel) in gs {
-            let want = read_npy(&dir.join(rel.as_str().ok_or("path")?), name).map_err(|e| e.to_string())?;
-            let got = out.grads.iter().find(|(n, _)| n == name).ok_or(format!("no gradient for {name}"))?;
+            let want = read_npy(&dir.join(rel.as_str().ok_or("path")?), name)
+                .map_err(|e| e.to_string())?;
+            let got = out
+                .grads
+                .iter()
+                .find(|(n, _)| n == name)
+                .ok_or(format!("no gradient for {name}"))?;
             if got.1.shape != want.shape {
-                return Err(format!("grad {name}: shape {:?}, expected {:?}", got.1.shape, want.shape));
+                return Err(format!(
+                    "grad {name}: shape {:?}, expected {:?}",
+                    got.1.shape, want.shape
+                ));
             }
             // The compiler's f32 gradient is compared after rounding, as a float32 file would hold it.
-            let g32: Vec<f64> = got.1.to_f64_vec().iter().map(|x| f64::from(*x as f32)).collect();
+            let g32: Vec<f64> = got
+                .1
+                .to_f64_vec()
+                .iter()
+                .map(|x| f64::from(*x as f32))
+                .collect();
             close(&g32, &want.to_f64_vec(), 1e-3, 1e-5).map_err(|e| format!("grad {name}: {e}"))?;
         }
     }
     if let Value::Object(st) = &exp["state"] {
         for (k, v) in st {
             let want = to_tensor(v);
-            let got = out.state.iter().find(|(n, _)| n == k).ok_or(format!("no state {k}"))?;
-            close(&got.1.to_f64_vec(), &want.to_f64_vec(), 0.0, 2e-4).map_err(|e| format!("state {k}: {e}"))?;
+            let got = out
+                .state
+                .iter()
+                .find(|(n, _)| n == k)
+                .ok_or(format!("no state {k}"))?;
+            close(&got.1.to_f64_vec(), &want.to_f64_vec(), 0.0, 2e-4)
+                .map_err(|e| format!("state {k}: {e}"))?;
         }
     }
     Ok(out.state)
@@ -132,7 +162,10 @@ fn run_case(p: &Program, case: &Path) -> Result<(), String> {
     let mut steps: Vec<PathBuf> = std::fs::read_dir(case)
         .map_err(|e| e.to_string())?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("step-")))
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("step-"))
+        })
         .collect();
     steps.sort();
     if steps.is_empty() {
@@ -153,22 +186,46 @@ fn conformance_every_case_every_backend() {
         .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().to_string()))
         .collect();
     names.sort();
-    assert!(names.len() >= 35, "expected the 35 losses, found {}", names.len());
-    let backends: Vec<Backend> = [Backend::Interp, Backend::Jit, Backend::Candle].into_iter().filter(|b| b.available()).collect();
+    assert!(
+        names.len() >= 35,
+        "expected the 35 losses, found {}",
+        names.len()
+    );
+    let backends: Vec<Backend> = [Backend::Interp, Backend::Jit, Backend::Candle]
+        .into_iter()
+        .filter(|b| b.available())
+        .collect();
     let mut failures = vec![];
     let mut table = vec![];
     let (mut total_pass, mut total) = (0, 0);
     for name in &names {
         let file = root().join("stdlib").join(format!("{name}.loss"));
-        let mut case_dirs: Vec<PathBuf> = std::fs::read_dir(cases.join(name)).expect("loss folder").filter_map(|e| e.ok().map(|e| e.path())).collect();
+        let mut case_dirs: Vec<PathBuf> = std::fs::read_dir(cases.join(name))
+            .expect("loss folder")
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
         case_dirs.sort();
         for b in &backends {
             let mut pass = 0;
             let prog = std::fs::read_to_string(&file)
                 .map_err(|e| format!("{}: {e}", file.display()))
                 .and_then(|text| {
-                    compile(Source { name: file.display().to_string(), text }, &FileLoader, &CompileOptions::default())
-                        .map_err(|f| f.diags.iter().filter(|d| d.is_error()).map(|d| format!("{}: {}", d.code, d.message)).collect::<Vec<_>>().join("; "))
+                    compile(
+                        Source {
+                            name: file.display().to_string(),
+                            text,
+                        },
+                        &FileLoader,
+                        &CompileOptions::default(),
+                    )
+                    .map_err(|f| {
+                        f.diags
+                            .iter()
+                            .filter(|d| d.is_error())
+                            .map(|d| format!("{}: {}", d.code, d.message))
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                    })
                 });
             for c in &case_dirs {
                 total += 1;
@@ -178,7 +235,10 @@ fn conformance_every_case_every_backend() {
                 };
                 match r {
                     Ok(()) => pass += 1,
-                    Err(e) => failures.push(format!("FAIL {name}/{} [{b}]: {e}", c.file_name().expect("name").to_string_lossy())),
+                    Err(e) => failures.push(format!(
+                        "FAIL {name}/{} [{b}]: {e}",
+                        c.file_name().expect("name").to_string_lossy()
+                    )),
                 }
             }
             total_pass += pass;
@@ -189,6 +249,13 @@ fn conformance_every_case_every_backend() {
     for f in &failures {
         println!("{f}");
     }
-    println!("conformance: {total_pass} passed, {} failed", total - total_pass);
-    assert!(failures.is_empty(), "{} conformance cases failed", failures.len());
+    println!(
+        "conformance: {total_pass} passed, {} failed",
+        total - total_pass
+    );
+    assert!(
+        failures.is_empty(),
+        "{} conformance cases failed",
+        failures.len()
+    );
 }

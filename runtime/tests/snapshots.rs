@@ -10,7 +10,11 @@ use std::path::Path;
 
 fn stages(path: &Path) {
     let text = std::fs::read_to_string(path).expect("readable");
-    let file = path.file_name().expect("file name").to_string_lossy().to_string();
+    let file = path
+        .file_name()
+        .expect("file name")
+        .to_string_lossy()
+        .to_string();
     let ast = match losslang_grammar::parse(&text) {
         Ok(f) => losslang_grammar::print::print_file(&f),
         Err(e) => panic!("{file} does not parse: {}", e.message),
@@ -21,9 +25,19 @@ fn stages(path: &Path) {
         return;
     }
     // Named by the file's base name so no machine path enters a snapshot.
-    let p = match compile(Source { name: file.clone(), text }, &FileLoader, &CompileOptions::default()) {
+    let p = match compile(
+        Source {
+            name: file.clone(),
+            text,
+        },
+        &FileLoader,
+        &CompileOptions::default(),
+    ) {
         Ok(p) => p,
-        Err(f) => panic!("{file} does not compile: {:?}", f.diags.iter().map(|d| &d.message).collect::<Vec<_>>()),
+        Err(f) => panic!(
+            "{file} does not compile: {:?}",
+            f.diags.iter().map(|d| &d.message).collect::<Vec<_>>()
+        ),
     };
     insta::assert_snapshot!("ir", print(&p.ir, "ir"));
     insta::assert_snapshot!("grad", print(&p.grad, "grad"));

@@ -134,7 +134,10 @@ pub fn samples() -> Vec<Sample> {
         ty: Ty::new(DType::Bool, shp(&[3, 4])),
         domain: Domain::Bool,
     };
-    v.push(s(Op::Where, vec![boolarg, fa(&[3, 4], -2.0, 2.0), fa(&[4], -2.0, 2.0)]));
+    v.push(s(
+        Op::Where,
+        vec![boolarg, fa(&[3, 4], -2.0, 2.0), fa(&[4], -2.0, 2.0)],
+    ));
     // f32 → f64: the gradient of a widening cast is the identity.
     v.push(s(
         Op::Cast(DType::F64),
@@ -145,25 +148,103 @@ pub fn samples() -> Vec<Sample> {
     ));
     v.push(s(Op::StopGrad, vec![fa(&[3, 4], -2.0, 2.0)]));
     for kind in [ReduceKind::Sum, ReduceKind::Max, ReduceKind::Min] {
-        let axes = if kind == ReduceKind::Sum { vec![0, 2] } else { vec![1] };
-        v.push(s(Op::Reduce { kind, axes: axes.clone(), keepdims: false }, vec![fa(&[2, 3, 4], -2.0, 2.0)]));
-        v.push(s(Op::Reduce { kind, axes, keepdims: true }, vec![fa(&[2, 3, 4], -2.0, 2.0)]));
+        let axes = if kind == ReduceKind::Sum {
+            vec![0, 2]
+        } else {
+            vec![1]
+        };
+        v.push(s(
+            Op::Reduce {
+                kind,
+                axes: axes.clone(),
+                keepdims: false,
+            },
+            vec![fa(&[2, 3, 4], -2.0, 2.0)],
+        ));
+        v.push(s(
+            Op::Reduce {
+                kind,
+                axes,
+                keepdims: true,
+            },
+            vec![fa(&[2, 3, 4], -2.0, 2.0)],
+        ));
     }
     v.push(s(Op::ArgMax(1), vec![fa(&[3, 4], -2.0, 2.0)]));
     v.push(s(Op::ArgMin(0), vec![fa(&[3, 4], -2.0, 2.0)]));
-    v.push(s(Op::Norm { axes: vec![1], keepdims: true }, vec![fa(&[3, 4], -2.0, 2.0)]));
-    v.push(s(Op::Norm { axes: vec![0, 1], keepdims: false }, vec![fa(&[3, 4], -2.0, 2.0)]));
-    v.push(s(Op::Reshape(shp(&[3, 1, 4])), vec![fa(&[3, 4], -2.0, 2.0)]));
-    v.push(s(Op::BroadcastTo(shp(&[2, 3, 4])), vec![fa(&[3, 1], -2.0, 2.0)]));
-    v.push(s(Op::Transpose(vec![2, 0, 1]), vec![fa(&[2, 3, 4], -2.0, 2.0)]));
-    v.push(s(Op::Slice { axis: 1, start: Dim::lit(1), len: Dim::lit(2), step: 2 }, vec![fa(&[3, 5], -2.0, 2.0)]));
-    v.push(s(Op::Pad { axis: 0, start: Dim::lit(1), full: Dim::lit(6), step: 2 }, vec![fa(&[2, 3], -2.0, 2.0)]));
+    v.push(s(
+        Op::Norm {
+            axes: vec![1],
+            keepdims: true,
+        },
+        vec![fa(&[3, 4], -2.0, 2.0)],
+    ));
+    v.push(s(
+        Op::Norm {
+            axes: vec![0, 1],
+            keepdims: false,
+        },
+        vec![fa(&[3, 4], -2.0, 2.0)],
+    ));
+    v.push(s(
+        Op::Reshape(shp(&[3, 1, 4])),
+        vec![fa(&[3, 4], -2.0, 2.0)],
+    ));
+    v.push(s(
+        Op::BroadcastTo(shp(&[2, 3, 4])),
+        vec![fa(&[3, 1], -2.0, 2.0)],
+    ));
+    v.push(s(
+        Op::Transpose(vec![2, 0, 1]),
+        vec![fa(&[2, 3, 4], -2.0, 2.0)],
+    ));
+    v.push(s(
+        Op::Slice {
+            axis: 1,
+            start: Dim::lit(1),
+            len: Dim::lit(2),
+            step: 2,
+        },
+        vec![fa(&[3, 5], -2.0, 2.0)],
+    ));
+    v.push(s(
+        Op::Pad {
+            axis: 0,
+            start: Dim::lit(1),
+            full: Dim::lit(6),
+            step: 2,
+        },
+        vec![fa(&[2, 3], -2.0, 2.0)],
+    ));
     v.push(s(Op::Reverse(1), vec![fa(&[3, 4], -2.0, 2.0)]));
-    v.push(s(Op::Concat(1), vec![fa(&[3, 2], -2.0, 2.0), fa(&[3, 4], -2.0, 2.0)]));
-    v.push(s(Op::TakeAlong(1), vec![fa(&[3, 4], -2.0, 2.0), ia(&[3, 5], 0, 4)]));
-    v.push(s(Op::ScatterAddAlong(1), vec![fa(&[3, 4], -2.0, 2.0), ia(&[3, 5], 0, 4), fa(&[3, 5], -2.0, 2.0)]));
-    v.push(s(Op::IndexSelect(0), vec![fa(&[4, 3], -2.0, 2.0), ia(&[2, 3], 0, 4)]));
-    v.push(s(Op::IndexAdd(0), vec![fa(&[4, 3], -2.0, 2.0), ia(&[5], 0, 4), fa(&[5, 3], -2.0, 2.0)]));
+    v.push(s(
+        Op::Concat(1),
+        vec![fa(&[3, 2], -2.0, 2.0), fa(&[3, 4], -2.0, 2.0)],
+    ));
+    v.push(s(
+        Op::TakeAlong(1),
+        vec![fa(&[3, 4], -2.0, 2.0), ia(&[3, 5], 0, 4)],
+    ));
+    v.push(s(
+        Op::ScatterAddAlong(1),
+        vec![
+            fa(&[3, 4], -2.0, 2.0),
+            ia(&[3, 5], 0, 4),
+            fa(&[3, 5], -2.0, 2.0),
+        ],
+    ));
+    v.push(s(
+        Op::IndexSelect(0),
+        vec![fa(&[4, 3], -2.0, 2.0), ia(&[2, 3], 0, 4)],
+    ));
+    v.push(s(
+        Op::IndexAdd(0),
+        vec![
+            fa(&[4, 3], -2.0, 2.0),
+            ia(&[5], 0, 4),
+            fa(&[5, 3], -2.0, 2.0),
+        ],
+    ));
     v.push(s(
         Op::ScatterSet(0),
         vec![
@@ -176,21 +257,51 @@ pub fn samples() -> Vec<Sample> {
         ],
     ));
     v.push(s(Op::OneHot(Dim::lit(4)), vec![ia(&[5], -1, 4)]));
-    v.push(s(Op::MatMul, vec![fa(&[3, 4], -2.0, 2.0), fa(&[4, 2], -2.0, 2.0)]));
-    v.push(s(Op::Argsort { axis: 1, descending: true }, vec![fa(&[3, 5], -2.0, 2.0)]));
-    v.push(s(Op::Cumsum { axis: 1, reverse: false }, vec![fa(&[3, 4], -2.0, 2.0)]));
-    v.push(s(Op::Cumsum { axis: 0, reverse: true }, vec![fa(&[3, 4], -2.0, 2.0)]));
+    v.push(s(
+        Op::MatMul,
+        vec![fa(&[3, 4], -2.0, 2.0), fa(&[4, 2], -2.0, 2.0)],
+    ));
+    v.push(s(
+        Op::Argsort {
+            axis: 1,
+            descending: true,
+        },
+        vec![fa(&[3, 5], -2.0, 2.0)],
+    ));
+    v.push(s(
+        Op::Cumsum {
+            axis: 1,
+            reverse: false,
+        },
+        vec![fa(&[3, 4], -2.0, 2.0)],
+    ));
+    v.push(s(
+        Op::Cumsum {
+            axis: 0,
+            reverse: true,
+        },
+        vec![fa(&[3, 4], -2.0, 2.0)],
+    ));
     // Sources: no data to differentiate, but each kind has a sample so none is forgotten.
     v.push(s(Op::Const(Scalar::F(1.5), DType::F64), vec![]));
     v.push(s(Op::DimSize(Dim::lit(3)), vec![]));
-    v.push(s(Op::Fill(Scalar::F(0.5), DType::F64, shp(&[2, 2])), vec![]));
+    v.push(s(
+        Op::Fill(Scalar::F(0.5), DType::F64, shp(&[2, 2])),
+        vec![],
+    ));
     v.push(s(Op::Iota(Dim::lit(4)), vec![]));
     let int = |k| Arg {
         ty: Ty::scalar(DType::I64),
         domain: Domain::Int(k),
     };
-    v.push(s(Op::Rand(RandKind::Normal, shp(&[3])), vec![int(7), int(3)]));
-    v.push(s(Op::Rand(RandKind::Uniform, shp(&[3])), vec![int(7), int(3)]));
+    v.push(s(
+        Op::Rand(RandKind::Normal, shp(&[3])),
+        vec![int(7), int(3)],
+    ));
+    v.push(s(
+        Op::Rand(RandKind::Uniform, shp(&[3])),
+        vec![int(7), int(3)],
+    ));
     v.push(s(Op::Input(0), vec![]));
     v.push(s(Op::Param(0), vec![]));
     v.push(s(Op::State(0), vec![]));

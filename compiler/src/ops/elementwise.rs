@@ -127,9 +127,7 @@ impl UnaryOp {
             UnaryOp::LogSigmoid => -softplus(-x),
             UnaryOp::Softplus => softplus(x),
             UnaryOp::Relu => {
-                if x > 0.0 {
-                    x
-                } else if x.is_nan() {
+                if x > 0.0 || x.is_nan() {
                     x
                 } else {
                     0.0

@@ -124,7 +124,8 @@ mod tests {
     #[test]
     fn generator_test_vectors() {
         assert_eq!(splitmix64(0), 0xe220a8397b1dcdaf);
-        let rows: [(u64, u64, u64, u64, u64, f64, f64, f64); 6] = [
+        type Row = (u64, u64, u64, u64, u64, f64, f64, f64);
+        let rows: [Row; 6] = [
             (
                 0,
                 0,

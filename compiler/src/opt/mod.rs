@@ -91,14 +91,14 @@ pub fn simplify(g: &Graph) -> Graph {
                 let (x, y) = (args[0], args[1]);
                 let same_shape = |out: &Graph, a: Handle| out.ty(a) == &node.ty;
                 let (cx, cy) = (const_of(out, x), const_of(out, y));
-                if let (Some(a), Some(c), true) = (cx, cy, node.ty.dtype.is_float()) {
-                    if matches!(
+                if let (Some(a), Some(c), true) = (cx, cy, node.ty.dtype.is_float())
+                    && matches!(
                         b,
                         BinaryOp::Add | BinaryOp::Sub | BinaryOp::Mul | BinaryOp::Div
-                    ) {
-                        let v = crate::ops::elementwise::apply_f(*b, a, c);
-                        return Some(out.constant(Scalar::F(v), node.ty.dtype, node.span));
-                    }
+                    )
+                {
+                    let v = crate::ops::elementwise::apply_f(*b, a, c);
+                    return Some(out.constant(Scalar::F(v), node.ty.dtype, node.span));
                 }
                 match b {
                     BinaryOp::Mul if cy == Some(1.0) && same_shape(out, x) => Some(x),

@@ -476,15 +476,15 @@ impl Checker<'_> {
         if !self.want_value(&v, asp) {
             return Val::Poison;
         }
-        if let (Some(x), false) = (as_f64(&v), matches!(u, UnaryOp::IsFinite)) {
-            if !matches!(v, Val::Dim(_)) || as_dim(&v).and_then(|d| d.as_const()).is_some() {
-                return match u {
-                    UnaryOp::Abs | UnaryOp::Sign | UnaryOp::Neg if matches!(v, Val::Int(_)) => {
-                        Val::Int(crate::ops::elementwise::apply_f_unary_int(u, x as i64))
-                    }
-                    _ => Val::Float(u.apply(x)),
-                };
-            }
+        if let (Some(x), false) = (as_f64(&v), matches!(u, UnaryOp::IsFinite))
+            && (!matches!(v, Val::Dim(_)) || as_dim(&v).and_then(|d| d.as_const()).is_some())
+        {
+            return match u {
+                UnaryOp::Abs | UnaryOp::Sign | UnaryOp::Neg if matches!(v, Val::Int(_)) => {
+                    Val::Int(crate::ops::elementwise::apply_f_unary_int(u, x as i64))
+                }
+                _ => Val::Float(u.apply(x)),
+            };
         }
         let h = self.materialize(&v, Some(DType::F32), asp);
         let d = self.g.ty(h).dtype;
@@ -581,12 +581,11 @@ impl Checker<'_> {
 
     fn builtin(&mut self, name: &str, b: &Bound, fspan: Span, span: Span) -> Option<Val> {
         if let Some(u) = unary_of(name) {
-            if u == UnaryOp::Log {
-                if let Some(e) = b.get(0) {
-                    if let Some(v) = self.rewrite_log(e, span) {
-                        return Some(v);
-                    }
-                }
+            if u == UnaryOp::Log
+                && let Some(e) = b.get(0)
+                && let Some(v) = self.rewrite_log(e, span)
+            {
+                return Some(v);
             }
             let (v, sp) = self.arg_val(b, 0, name, span)?;
             return Some(self.unary_builtin(u, v, span, sp));
@@ -626,8 +625,8 @@ impl Checker<'_> {
                 let (n, sn) = self.arg_val(b, 1, name, sp)?;
                 let a = self.materialize(&a, Some(DType::F32), sa);
                 let n = self.materialize(&n, Some(DType::F32), sn);
-                let a = self.to_float(a, sa);
-                let n = self.to_float(n, sn);
+                let a = self.float_of(a, sa);
+                let n = self.float_of(n, sn);
                 let zero = self.g.float_like(0.0, n, sn);
                 let one = self.g.float_like(1.0, n, sn);
                 let pos = self.push_op(Op::Binary(BinaryOp::Gt), vec![n, zero], sn);
@@ -716,8 +715,8 @@ impl Checker<'_> {
                 let (sv, ss) = self.arg_val(b, 1, name, sp)?;
                 let h = self.materialize(&hv, Some(DType::F32), sh);
                 let s = self.materialize(&sv, Some(DType::F32), ss);
-                let h = self.to_float(h, sh);
-                let s = self.to_float(s, ss);
+                let h = self.float_of(h, sh);
+                let s = self.float_of(s, ss);
                 let Val::T(d) = self.push_op(Op::Binary(BinaryOp::Sub), vec![h, s], sp) else {
                     return None;
                 };
@@ -1223,7 +1222,7 @@ impl Checker<'_> {
         })
     }
 
-    fn to_float(&mut self, h: Handle, sp: Span) -> Handle {
+    fn float_of(&mut self, h: Handle, sp: Span) -> Handle {
         match self.g.ty(h).dtype {
             DType::F32 | DType::F64 => h,
             _ => self.g.cast(h, DType::F32, sp),
@@ -1375,7 +1374,7 @@ impl Checker<'_> {
                 self.extreme_axes(x, &axes, keep, kind, sp)
             }
             "mean" | "var" | "std" => {
-                let x = self.to_float(x, sp);
+                let x = self.float_of(x, sp);
                 let d = self.g.ty(x).dtype;
                 let n = self.count_of(x, &axes, d, sp);
                 let s = self.g.sum(x, axes.clone(), keep, sp);
@@ -1407,7 +1406,7 @@ impl Checker<'_> {
                 }
             }
             "norm" => {
-                let x = self.to_float(x, sp);
+                let x = self.float_of(x, sp);
                 self.g.mk(
                     Op::Norm {
                         axes,

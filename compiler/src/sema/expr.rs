@@ -32,10 +32,10 @@ impl Checker<'_> {
                 self.unary(*op, v, e.span)
             }
             ExprKind::Binary { op, lhs, rhs } => {
-                if self.opts.rewrite {
-                    if let Some(v) = self.rewrite_binary(*op, lhs, rhs, e.span) {
-                        return v;
-                    }
+                if self.opts.rewrite
+                    && let Some(v) = self.rewrite_binary(*op, lhs, rhs, e.span)
+                {
+                    return v;
                 }
                 let a = self.expr(lhs);
                 let b = self.expr(rhs);
@@ -261,7 +261,7 @@ impl Checker<'_> {
                     _ => "convert explicitly with f32(...), i64(...) or a comparison".to_string(),
                 };
                 self.err(
-                    Diagnostic::error(code, self.file, span, format!("{msg}"))
+                    Diagnostic::error(code, self.file, span, msg.to_string())
                         .label(format!("`{name}` of {}", tys.join(" and ")))
                         .help(help),
                 );
@@ -362,10 +362,10 @@ impl Checker<'_> {
             }
             _ => {}
         }
-        if let (Some(x), Some(y)) = (as_f64(&a), as_f64(&b)) {
-            if matches!(a, Val::Float(_)) || matches!(b, Val::Float(_)) || bop == BinaryOp::Pow {
-                return Val::Float(crate::ops::elementwise::apply_f(bop, x, y));
-            }
+        if let (Some(x), Some(y)) = (as_f64(&a), as_f64(&b))
+            && (matches!(a, Val::Float(_)) || matches!(b, Val::Float(_)) || bop == BinaryOp::Pow)
+        {
+            return Val::Float(crate::ops::elementwise::apply_f(bop, x, y));
         }
         let Some(mut d) = self.promote(&a, &b, bop.name(), span) else {
             return Val::Poison;
@@ -503,15 +503,24 @@ impl Checker<'_> {
                             } else {
                                 k
                             };
-                            if let (Some(kc), Some(fc)) = (k.as_const(), full.as_const()) {
-                                if kc < 0 || kc >= fc {
-                                    self.err(
-                                        Diagnostic::error("L3008", self.file, e.span, format!("position {kc} is out of range for an axis of size {fc}"))
-                                            .label("out of range")
-                                            .help(format!("valid positions are 0..{fc} (or -{fc}..-1 from the end)")),
-                                    );
-                                    return Val::Poison;
-                                }
+                            if let (Some(kc), Some(fc)) = (k.as_const(), full.as_const())
+                                && (kc < 0 || kc >= fc)
+                            {
+                                self.err(
+                                    Diagnostic::error(
+                                        "L3008",
+                                        self.file,
+                                        e.span,
+                                        format!(
+                                            "position {kc} is out of range for an axis of size {fc}"
+                                        ),
+                                    )
+                                    .label("out of range")
+                                    .help(format!(
+                                        "valid positions are 0..{fc} (or -{fc}..-1 from the end)"
+                                    )),
+                                );
+                                return Val::Poison;
                             }
                             h = self.g.mk(
                                 Op::Slice {
@@ -640,35 +649,35 @@ impl Checker<'_> {
         } else {
             span_len.add(&Dim::lit(st - 1)).floordiv(st)
         };
-        if let Some(l) = len.as_const() {
-            if l < 0 {
-                self.err(
-                    Diagnostic::error(
-                        "L3015",
-                        self.file,
-                        span,
-                        format!("this slice is empty or reversed (length {l})"),
-                    )
-                    .label("start after end")
-                    .help("write start:end with start <= end"),
-                );
-                return None;
-            }
+        if let Some(l) = len.as_const()
+            && l < 0
+        {
+            self.err(
+                Diagnostic::error(
+                    "L3015",
+                    self.file,
+                    span,
+                    format!("this slice is empty or reversed (length {l})"),
+                )
+                .label("start after end")
+                .help("write start:end with start <= end"),
+            );
+            return None;
         }
-        if let (Some(ec), Some(fc)) = (e.as_const(), full.as_const()) {
-            if ec > fc {
-                self.err(
-                    Diagnostic::error(
-                        "L3008",
-                        self.file,
-                        span,
-                        format!("slice end {ec} is past the end of an axis of size {fc}"),
-                    )
-                    .label("out of range")
-                    .help(format!("the axis has {fc} entries")),
-                );
-                return None;
-            }
+        if let (Some(ec), Some(fc)) = (e.as_const(), full.as_const())
+            && ec > fc
+        {
+            self.err(
+                Diagnostic::error(
+                    "L3008",
+                    self.file,
+                    span,
+                    format!("slice end {ec} is past the end of an axis of size {fc}"),
+                )
+                .label("out of range")
+                .help(format!("the axis has {fc} entries")),
+            );
+            return None;
         }
         Some(Some((s, len, st)))
     }

@@ -45,10 +45,10 @@ pub fn flow(g: &Graph) -> Flow {
         };
         match node.op.grad_kind() {
             GradKind::Source => {
-                if let Op::Input(k) = node.op {
-                    if g.inputs[k].diff {
-                        st.insert(k, Status::Smooth);
-                    }
+                if let Op::Input(k) = node.op
+                    && g.inputs[k].diff
+                {
+                    st.insert(k, Status::Smooth);
                 }
             }
             GradKind::Smooth => merged(&mut st, false),
@@ -153,10 +153,10 @@ pub fn analyse(ck: &mut Checker) {
             live[a.index()] = true;
         }
     }
-    for i in 0..n {
+    for (i, &is_live) in live.iter().enumerate() {
         let node = ck.g.node(Handle(i as u32)).clone();
         if node.op.grad_kind() != GradKind::PiecewiseConstant
-            || !live[i]
+            || !is_live
             || !node.ty.dtype.is_float()
         {
             continue;

@@ -157,21 +157,21 @@ fn collect_items(
     for it in &file.items {
         match it {
             Item::Fn(f) => {
-                if let Some(prev) = fns.get(&f.name.name) {
-                    if prev.file == file_idx {
-                        diags.push(
-                            Diagnostic::error(
-                                "L2006",
-                                file_idx,
-                                f.name.span,
-                                format!("`{}` is defined twice", f.name.name),
-                            )
-                            .label("second definition")
-                            .related(prev.def.name.span, "first defined here")
-                            .help("rename one of the two functions"),
-                        );
-                        continue;
-                    }
+                if let Some(prev) = fns.get(&f.name.name)
+                    && prev.file == file_idx
+                {
+                    diags.push(
+                        Diagnostic::error(
+                            "L2006",
+                            file_idx,
+                            f.name.span,
+                            format!("`{}` is defined twice", f.name.name),
+                        )
+                        .label("second definition")
+                        .related(prev.def.name.span, "first defined here")
+                        .help("rename one of the two functions"),
+                    );
+                    continue;
                 }
                 fns.insert(
                     f.name.name.clone(),
@@ -340,16 +340,15 @@ impl Checker<'_> {
     fn check_loss(&mut self, def: &ast::LossDef) {
         self.g.name = def.name.name.clone();
         self.g.doc = def.doc.clone();
-        if let Some(r) = &def.ret {
-            if DType::from_name(&r.dtype.name) != Some(DType::F32)
-                || r.dims.as_ref().is_some_and(|d| !d.is_empty())
-            {
-                self.err(
-                    Diagnostic::error("L3010", self.file, r.span, "a loss returns a scalar `f32`")
-                        .label("declared here")
-                        .help("write `-> f32`"),
-                );
-            }
+        if let Some(r) = &def.ret
+            && (DType::from_name(&r.dtype.name) != Some(DType::F32)
+                || r.dims.as_ref().is_some_and(|d| !d.is_empty()))
+        {
+            self.err(
+                Diagnostic::error("L3010", self.file, r.span, "a loss returns a scalar `f32`")
+                    .label("declared here")
+                    .help("write `-> f32`"),
+            );
         }
         let mut seen: HashMap<String, Span> = HashMap::new();
         for inp in &def.inputs {
