@@ -402,6 +402,18 @@ impl Program {
     }
 
     pub fn run_env(&self, env: &Env, grads: bool, check: bool) -> Result<Outputs, RunError> {
+        self.run_with(&crate::backend::Interp, env, grads, check)
+    }
+
+    /// One call on a backend: evaluates the results and assembles loss, reports,
+    /// new state and gradients (rounded to their declared dtypes).
+    pub fn run_with(
+        &self,
+        exec: &dyn crate::backend::Executor,
+        env: &Env,
+        grads: bool,
+        check: bool,
+    ) -> Result<Outputs, RunError> {
         let g = &self.opt;
         let mut roots = vec![g.loss()];
         roots.extend(g.checks.iter().map(|c| c.cond));
@@ -410,7 +422,19 @@ impl Program {
         if grads {
             roots.extend(g.grads.iter().map(|(_, h)| *h));
         }
-        let vals = eval(g, env, &roots).map_err(|e| self.node_error(e))?;
+        let vals = exec.eval(g, env, &roots).map_err(|e| self.node_error(e))?;
+        if vals.len() != roots.len() {
+            return Err(RunError::new(
+                "L5003",
+                format!(
+                    "internal: the `{}` backend returned {} values for {} results",
+                    exec.name(),
+                    vals.len(),
+                    roots.len()
+                ),
+                "this is a bug in losslang",
+            ));
+        }
         let mut it = vals.into_iter();
         let loss_t = it.next().expect("loss");
         for c in &g.checks {

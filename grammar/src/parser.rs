@@ -111,7 +111,8 @@ impl Diagnostic for ParseError {
 /// Parses a whole `.loss` file.
 pub fn parse(src: &str) -> std::result::Result<File, ParseError> {
     prescan(src)?;
-    let mut pairs = LossParser::parse(Rule::file, src).map_err(|e| syntax_error(src, &e))?;
+    let folded = fold_bracketed_newlines(src);
+    let mut pairs = LossParser::parse(Rule::file, &folded).map_err(|e| syntax_error(src, &e))?;
     let file = pairs
         .next()
         .expect("grammar: a successful parse yields `file`");
@@ -131,6 +132,42 @@ pub fn parse(src: &str) -> std::result::Result<File, ParseError> {
         .with_help("a `.loss` file holds at least one item, like `loss name(x: f32[N] diff) -> f32 { mean(x) }`"));
     }
     Ok(file)
+}
+
+/// Newlines end statements, except inside `(...)` and `[...]`, where an
+/// expression or an argument list may span lines freely. This blanks those
+/// newlines (and comments, which would otherwise run on) to spaces, keeping
+/// every byte offset, so the grammar only ever sees significant newlines.
+fn fold_bracketed_newlines(src: &str) -> String {
+    let mut out = src.as_bytes().to_vec();
+    let mut stack: Vec<u8> = Vec::new();
+    let mut i = 0;
+    while i < out.len() {
+        let inside = matches!(stack.last(), Some(b'(' | b'['));
+        match out[i] {
+            b'/' if out.get(i + 1) == Some(&b'/') => {
+                let end = line_end(src, i);
+                if inside {
+                    for b in &mut out[i..end] {
+                        // Only ASCII bytes are blanked, so the text stays valid UTF-8.
+                        if b.is_ascii() {
+                            *b = b' ';
+                        }
+                    }
+                }
+                i = end;
+                continue;
+            }
+            b'\n' if inside => out[i] = b' ',
+            b @ (b'(' | b'[' | b'{') => stack.push(b),
+            b')' | b']' | b'}' => {
+                stack.pop();
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    String::from_utf8(out).unwrap_or_else(|_| src.to_string())
 }
 
 // ---------------------------------------------------------------------------
@@ -306,6 +343,8 @@ fn describe(rule: Rule) -> (&'static str, Rank) {
         Rule::EOI => ("end of file", Token),
         Rule::WHITESPACE => ("whitespace", Token),
         Rule::COMMENT => ("a comment", Token),
+        Rule::nl | Rule::nls => ("a new line", Token),
+        Rule::stmt_end => ("a new line or `;`", Token),
         Rule::ident_char | Rule::ident => ("a name", Thing),
         Rule::keyword => ("a keyword", Thing),
         Rule::kw_loss => ("`loss`", Token),
@@ -533,8 +572,37 @@ fn syntax_error(src: &str, err: &pest::error::Error<Rule>) -> ParseError {
     let before = src.get(..pos).unwrap_or("").trim_end();
     let prev_word = last_word(before);
     let is_keyword = KEYWORDS.contains(&found.text.as_str());
+    let line_start = src
+        .get(..pos)
+        .unwrap_or("")
+        .rsplit('\n')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .is_empty();
     let help: Option<String> = if expects(Rule::kw_else) {
         Some(IF_ELSE_HELP.into())
+    } else if line_start
+        && pos > 0
+        && matches!(
+            found.text.as_str(),
+            "+" | "*"
+                | "/"
+                | "@"
+                | "**"
+                | "=="
+                | "!="
+                | "<"
+                | ">"
+                | "<="
+                | ">="
+                | "&"
+                | "|"
+                | "and"
+                | "or"
+        )
+    {
+        Some("a new line ends the statement, so a line cannot start with an operator: end the previous line with the operator, or wrap the whole expression in parentheses".into())
     } else if found.text == "if" && expects(Rule::cond_expr) {
         Some("an `if` used in a condition must be in parentheses: `if (if a { b } else { c }) { ... }`".into())
     } else if is_keyword

@@ -362,6 +362,21 @@ fn build(ctx: &Ctx, path: &Path, common: &Common, quiet: bool) -> Res<Program> {
 fn check(ctx: &Ctx, a: CheckArgs) -> Res<()> {
     let mut failed = None;
     for f in &a.files {
+        if let Ok(src) = read_source(ctx, f) {
+            if losslang_compiler::sema::scope::is_module(&src.text) {
+                let mut sources = vec![src];
+                let diags = losslang_compiler::sema::scope::check_module(&mut sources, &FileLoader);
+                for d in &diags {
+                    eprint!("{}", render_diag(d, &sources, ctx.color, Ctx::width()));
+                }
+                if diags.iter().any(|d| d.is_error()) {
+                    failed = Some(1);
+                } else {
+                    eprintln!("ok: {} (module)", f.display());
+                }
+                continue;
+            }
+        }
         match build(ctx, f, &a.common, false) {
             Ok(p) => {
                 if a.explain {
@@ -453,19 +468,7 @@ fn io_fail(ctx: &Ctx, e: std::io::Error) -> Fail {
 }
 
 fn not_built(ctx: &Ctx, b: Backend) -> Fail {
-    let what = match b {
-        Backend::Jit => "the Cranelift JIT backend",
-        Backend::Candle => "the candle backend",
-        Backend::Interp => "the interpreter",
-    };
-    ctx.fail(
-        2,
-        &RunError {
-            code: "L5002",
-            message: format!("`{}` is not built yet: this version of lossc does not contain {what}", b.name()),
-            help: Some("run with --backend interp (the reference interpreter); losslang never falls back silently".into()),
-        },
-    )
+    ctx.fail(2, &crate::backends::not_built(b))
 }
 
 fn parse_backend(ctx: &Ctx, s: &str) -> Res<Backend> {
@@ -475,7 +478,7 @@ fn parse_backend(ctx: &Ctx, s: &str) -> Res<Backend> {
             "backends are jit, candle and interp",
         )
     })?;
-    if !b.available() {
+    if !crate::backends::available(b) {
         return Err(not_built(ctx, b));
     }
     Ok(b)
@@ -708,9 +711,10 @@ fn run(ctx: &Ctx, a: RunArgs, out: &mut dyn Write) -> Res<()> {
     }
     let env = p.bind(&call).map_err(|e| ctx.run_err(e))?;
     let mut env = env;
+    let exec = crate::backends::executor(backend, &p, &a.device).map_err(|e| ctx.fail(1, &e))?;
     for step in 0..a.steps {
         let o = p
-            .run_env(&env, want_grads, a.check_finite)
+            .run_with(exec.as_ref(), &env, want_grads, a.check_finite)
             .map_err(|e| ctx.run_err(e))?;
         let mut grad_paths = Map::new();
         if let Some(dir) = &a.grad_out {
@@ -945,18 +949,21 @@ fn bench(ctx: &Ctx, a: BenchArgs, out: &mut dyn Write) -> Res<()> {
     };
     let env = p.bind(&call).map_err(|e| ctx.run_err(e))?;
     for b in wanted {
-        if !b.available() {
+        if !crate::backends::available(b) {
             if a.backend == "all" {
                 eprintln!("note: backend `{b}` is not built in this lossc; skipped");
                 continue;
             }
             return Err(not_built(ctx, b));
         }
+        let exec = crate::backends::executor(b, &p, "cpu").map_err(|e| ctx.fail(1, &e))?;
         let mut times = vec![];
         let mut bytes_out = 0;
         for it in 0..a.iters.max(1) + 1 {
             let t = Instant::now();
-            let o = p.run_env(&env, true, false).map_err(|e| ctx.run_err(e))?;
+            let o = p
+                .run_with(exec.as_ref(), &env, true, false)
+                .map_err(|e| ctx.run_err(e))?;
             let dt = t.elapsed().as_secs_f64() * 1e3;
             bytes_out = o
                 .grads

@@ -2,6 +2,7 @@
 //! random inputs, the standard-library loader, diagnostics rendering, and the
 //! `lossc` command line.
 
+pub mod backends;
 pub mod cli;
 pub mod io;
 pub mod loader;

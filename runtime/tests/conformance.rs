@@ -2,7 +2,7 @@
 //! backend, against the float64 references, with the tolerances of
 //! tests/conformance/README.md. Prints a per-loss table; fails on any miss.
 
-use losslang_compiler::backend::Backend;
+use losslang_compiler::backend::{Backend, Executor};
 use losslang_compiler::ops::Scalar;
 use losslang_compiler::program::{Call, CompileOptions, Program, compile};
 use losslang_compiler::sema::Source;
@@ -96,6 +96,7 @@ fn state_of(v: &Value) -> Vec<(String, Tensor)> {
 /// Runs one step; returns the new state or a failure message.
 fn run_step(
     p: &Program,
+    exec: &dyn Executor,
     dir: &Path,
     state: Vec<(String, Tensor)>,
 ) -> Result<Vec<(String, Tensor)>, String> {
@@ -114,7 +115,8 @@ fn run_step(
         grads: true,
         ..Call::default()
     };
-    let out = p.run(&call).map_err(|e| e.message)?;
+    let env = p.bind(&call).map_err(|e| e.message)?;
+    let out = p.run_with(exec, &env, true, false).map_err(|e| e.message)?;
     let exp = json(&dir.join("expected.json"));
     let el = exp["loss"].as_f64().ok_or("expected loss")?;
     close(&[out.loss], &[el], 0.0, 2e-4).map_err(|e| format!("loss: {e}"))?;
@@ -158,7 +160,7 @@ fn run_step(
     Ok(out.state)
 }
 
-fn run_case(p: &Program, case: &Path) -> Result<(), String> {
+fn run_case(p: &Program, exec: &dyn Executor, case: &Path) -> Result<(), String> {
     let mut steps: Vec<PathBuf> = std::fs::read_dir(case)
         .map_err(|e| e.to_string())?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -173,7 +175,7 @@ fn run_case(p: &Program, case: &Path) -> Result<(), String> {
     }
     let mut state = state_of(&json(&steps[0].join("state.json")));
     for s in &steps {
-        state = run_step(p, s, state)?;
+        state = run_step(p, exec, s, state)?;
     }
     Ok(())
 }
@@ -193,7 +195,7 @@ fn conformance_every_case_every_backend() {
     );
     let backends: Vec<Backend> = [Backend::Interp, Backend::Jit, Backend::Candle]
         .into_iter()
-        .filter(|b| b.available())
+        .filter(|b| losslang_runtime::backends::available(*b))
         .collect();
     let mut failures = vec![];
     let mut table = vec![];
@@ -230,7 +232,9 @@ fn conformance_every_case_every_backend() {
             for c in &case_dirs {
                 total += 1;
                 let r = match &prog {
-                    Ok(p) => run_case(p, c),
+                    Ok(p) => losslang_runtime::backends::executor(*b, p, "cpu")
+                        .map_err(|e| e.message)
+                        .and_then(|ex| run_case(p, ex.as_ref(), c)),
                     Err(e) => Err(format!("does not compile: {e}")),
                 };
                 match r {

@@ -46,15 +46,15 @@ fn stages(path: &Path) {
 
 #[test]
 fn stdlib_stages() {
-    insta::glob!("../../stdlib", "*.loss", |p| stages(p));
+    insta::glob!("../../stdlib", "*.loss", stages);
 }
 
 #[test]
 fn examples_stages() {
-    insta::glob!("../../examples", "*.loss", |p| stages(p));
+    insta::glob!("../../examples", "*.loss", stages);
 }
 
 #[test]
 fn case_stages() {
-    insta::glob!("../../compiler/tests/cases", "*.loss", |p| stages(p));
+    insta::glob!("../../compiler/tests/cases", "*.loss", stages);
 }

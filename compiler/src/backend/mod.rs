@@ -2,7 +2,36 @@
 //! Cranelift JIT and the candle tensor backend are separate components that
 //! consume the optimised graph and are checked against the interpreter.
 
+use crate::ir::eval::{Env, NodeError};
+use crate::ir::{Graph, Handle};
+use crate::value::Tensor;
 use std::fmt;
+
+/// Something that evaluates a program's results. Every backend implements it;
+/// `Program::run_with` binds the data, calls it, and checks the results, so
+/// all backends share one path for validation, state and errors.
+pub trait Executor: Send + Sync {
+    /// The backend's name (`interp`, `jit`, `candle`).
+    fn name(&self) -> &str;
+
+    /// The values of `roots` — always a subset of `g.roots()` (loss, checks,
+    /// reports, state updates, gradients) — for the data in `env`. Data-dependent
+    /// failures (an index out of range) name the node they happened at.
+    fn eval(&self, g: &Graph, env: &Env, roots: &[Handle]) -> Result<Vec<Tensor>, NodeError>;
+}
+
+/// The reference interpreter as an executor.
+pub struct Interp;
+
+impl Executor for Interp {
+    fn name(&self) -> &str {
+        "interp"
+    }
+
+    fn eval(&self, g: &Graph, env: &Env, roots: &[Handle]) -> Result<Vec<Tensor>, NodeError> {
+        crate::ir::eval::eval(g, env, roots)
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
@@ -26,14 +55,6 @@ impl Backend {
             Backend::Interp => "interp",
             Backend::Jit => "jit",
             Backend::Candle => "candle",
-        }
-    }
-
-    /// Whether this build contains the backend.
-    pub fn available(self) -> bool {
-        match self {
-            Backend::Interp => true,
-            Backend::Jit | Backend::Candle => false,
         }
     }
 }

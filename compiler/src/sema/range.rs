@@ -1,7 +1,7 @@
 //! Range analysis for the numerical lints: a sign lattice over the graph, enough
 //! to prove that a `log` argument is positive, a divisor non-zero, a `sqrt`
-//! argument non-negative. Only values that depend on data are linted: params
-//! and dims are the user's stated assumptions (sizes count as at least 1).
+//! argument non-negative. Only values computed from inputs are linted: params,
+//! dims and state are the user's stated assumptions (sizes count as at least 1).
 
 use super::scope::Checker;
 use crate::diag::Diagnostic;
@@ -167,7 +167,7 @@ pub fn sign(g: &Graph, h: Handle, memo: &mut HashMap<Handle, Sign>) -> Sign {
 impl Checker<'_> {
     /// `log(x)` and `a / x`: warn unless `x` is provably positive (non-zero for `/`).
     pub fn lint_positive(&mut self, h: Handle, span: Span, what: &str, division: bool) {
-        if !self.depends_on_data(h) {
+        if !self.depends_on_inputs(h) {
             return;
         }
         let s = sign(&self.g, h, &mut HashMap::new());
@@ -190,7 +190,7 @@ impl Checker<'_> {
     }
 
     pub fn lint_nonneg(&mut self, h: Handle, span: Span, what: &str) {
-        if !self.depends_on_data(h) {
+        if !self.depends_on_inputs(h) {
             return;
         }
         let s = sign(&self.g, h, &mut HashMap::new());

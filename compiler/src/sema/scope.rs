@@ -137,6 +137,26 @@ pub fn check_program(
     }
 }
 
+/// Checks a module file (only `fn`s and `use`s): it parses, its imports
+/// resolve and no name is defined twice. Helper bodies are checked where
+/// they are called, with the argument types of each call.
+pub fn check_module(sources: &mut Vec<Source>, loader: &dyn Loader) -> Vec<Diagnostic> {
+    let mut diags = Vec::new();
+    match losslang_grammar::parse(&sources[0].text) {
+        Ok(f) => {
+            let mut fns = HashMap::new();
+            collect_items(&f, 0, sources, loader, &mut fns, &mut diags, &mut vec![]);
+        }
+        Err(e) => diags.push(parse_diag(&e, 0)),
+    }
+    diags
+}
+
+/// Whether a source is a module: it parses and defines no `loss`.
+pub fn is_module(text: &str) -> bool {
+    losslang_grammar::parse(text).is_ok_and(|f| !f.items.iter().any(|i| matches!(i, Item::Loss(_))))
+}
+
 pub fn parse_diag(e: &losslang_grammar::ParseError, file: usize) -> Diagnostic {
     let mut d =
         Diagnostic::error(e.code, file, e.span_range, e.message.clone()).label(e.label.clone());
@@ -972,6 +992,23 @@ impl Checker<'_> {
             .help(format!("convert explicitly with {dt}(...)")),
         );
         None
+    }
+
+    /// Whether a value reads any input.
+    pub fn depends_on_inputs(&self, h: crate::ir::Handle) -> bool {
+        let mut stack = vec![h];
+        let mut seen = std::collections::HashSet::new();
+        while let Some(x) = stack.pop() {
+            if !seen.insert(x) {
+                continue;
+            }
+            let n = self.g.node(x);
+            if matches!(n.op, Op::Input(_)) {
+                return true;
+            }
+            stack.extend(n.args.iter().copied());
+        }
+        false
     }
 
     /// Whether a value reads any input or state (a param or constant does not).
