@@ -376,6 +376,52 @@ impl Program {
                 }
             }
         }
+        // A state table's size comes from `--dims` or a state file, not from data the
+        // caller holds: refuse one that cannot be allocated instead of aborting in `init`.
+        for decl in &g.states {
+            let mut numel: Option<usize> = Some(1);
+            for d in &decl.ty.shape {
+                let v = d.eval(&|s: &str| dims.get(s).copied());
+                numel = match v {
+                    Some(v) if v >= 0 => numel.and_then(|n| n.checked_mul(v as usize)),
+                    _ => None,
+                };
+            }
+            // The interpreter holds floats as f64; a failed trial reservation (freed at
+            // once) means the real one would abort the process.
+            let fits = numel.is_some_and(|n| {
+                n <= MAX_STATE_ELEMS && Vec::<f64>::new().try_reserve_exact(n).is_ok()
+            });
+            if !fits {
+                let sizes: Vec<String> = {
+                    let mut syms = vec![];
+                    for d in &decl.ty.shape {
+                        d.symbols(&mut syms);
+                    }
+                    syms.dedup();
+                    syms.iter()
+                        .map(|s| {
+                            let by = bound_by.get(s).cloned().unwrap_or_default();
+                            format!(
+                                "{s} = {} (bound by {by})",
+                                dims.get(s).copied().unwrap_or(0)
+                            )
+                        })
+                        .collect()
+                };
+                return Err(RunError::new(
+                    "L6113",
+                    format!(
+                        "state `{}` ({}) would have {} elements with {}: more than can be allocated (limit {MAX_STATE_ELEMS})",
+                        decl.name,
+                        decl.ty,
+                        numel.map_or_else(|| "more than 2^64".to_string(), |n| n.to_string()),
+                        sizes.join(", ")
+                    ),
+                    "check the --dims (a state table has one row per training example)",
+                ));
+            }
+        }
         let params = self.bind_params(&call.params)?;
         let mut env = Env {
             inputs,
@@ -652,6 +698,10 @@ impl Program {
         None
     }
 }
+
+/// Most elements of one state value (2^32: 32 GiB as the interpreter's f64). State sizes
+/// come from `--dims` or a state file, so a typo must not become a terabyte allocation.
+pub const MAX_STATE_ELEMS: usize = 1 << 32;
 
 fn reaches_input(g: &Graph, h: Handle) -> bool {
     let mut st = vec![h];

@@ -148,12 +148,10 @@ fn fold_bracketed_newlines(src: &str) -> String {
             b'/' if out.get(i + 1) == Some(&b'/') => {
                 let end = line_end(src, i);
                 if inside {
-                    for b in &mut out[i..end] {
-                        // Only ASCII bytes are blanked, so the text stays valid UTF-8.
-                        if b.is_ascii() {
-                            *b = b' ';
-                        }
-                    }
+                    // Every byte, so that no bracket in the comment counts and
+                    // no non-ASCII letter is left outside one. `i` and `end`
+                    // are character boundaries, so the text stays valid UTF-8.
+                    out[i..end].fill(b' ');
                 }
                 i = end;
                 continue;
@@ -333,6 +331,8 @@ enum Rank {
     /// operator): only noise when something else was expected too.
     Continuation,
     Operator,
+    /// The end of a statement, listed last: "an operator, a new line or `;`".
+    End,
 }
 
 /// The words a user sees for a rule in "expected ...". Exhaustive on
@@ -344,7 +344,8 @@ fn describe(rule: Rule) -> (&'static str, Rank) {
         Rule::WHITESPACE => ("whitespace", Token),
         Rule::COMMENT => ("a comment", Token),
         Rule::nl | Rule::nls => ("a new line", Token),
-        Rule::stmt_end => ("a new line or `;`", Token),
+        Rule::stmt_end => ("a new line or `;`", End),
+        Rule::semi => ("`;`", Token),
         Rule::ident_char | Rule::ident => ("a name", Thing),
         Rule::keyword => ("a keyword", Thing),
         Rule::kw_loss => ("`loss`", Token),
@@ -480,9 +481,15 @@ impl Found {
         self.text.is_empty()
     }
 
+    fn is_newline(&self) -> bool {
+        self.text == "\n"
+    }
+
     fn show(&self) -> String {
         if self.is_eof() {
             "end of file".to_string()
+        } else if self.is_newline() {
+            "a new line".to_string()
         } else {
             format!("`{}`", truncate(&self.text, 40))
         }
@@ -544,14 +551,25 @@ fn syntax_error(src: &str, err: &pest::error::Error<Rule>) -> ParseError {
             }
         })
         .collect();
-    if expected.iter().any(|(rank, _)| *rank < Rank::Continuation) {
+    if expected
+        .iter()
+        .any(|(rank, _)| !matches!(rank, Rank::Continuation | Rank::Operator))
+    {
         expected.retain(|(rank, _)| *rank != Rank::Continuation);
     }
     expected.sort_by_key(|(rank, _)| *rank);
     let mut words: Vec<&str> = Vec::new();
-    for (_, w) in expected {
-        if !words.contains(&w) {
-            words.push(w);
+    for (rank, w) in expected {
+        // Two words, so that a list reads "an operator, a new line or `;`".
+        let split: &[&str] = if rank == Rank::End {
+            &["a new line", "`;`"]
+        } else {
+            &[w]
+        };
+        for w in split {
+            if !words.contains(w) {
+                words.push(w);
+            }
         }
     }
     let list = join_or(&words);
@@ -580,10 +598,15 @@ fn syntax_error(src: &str, err: &pest::error::Error<Rule>) -> ParseError {
         .unwrap_or("")
         .trim()
         .is_empty();
+    // Inside `(...)` and `[...]` newlines are spaces, so nothing there is
+    // about where a line starts or ends.
+    let open = open_brackets(src, pos);
+    let in_brackets = matches!(open.last(), Some((_, b'(' | b'[')));
+    // A statement ended with the line before, and this line cannot start one.
+    let starts_line = line_start && pos > 0 && !in_brackets && expects(Rule::stmt);
     let help: Option<String> = if expects(Rule::kw_else) {
         Some(IF_ELSE_HELP.into())
-    } else if line_start
-        && pos > 0
+    } else if starts_line
         && matches!(
             found.text.as_str(),
             "+" | "*"
@@ -603,6 +626,19 @@ fn syntax_error(src: &str, err: &pest::error::Error<Rule>) -> ParseError {
         )
     {
         Some("a new line ends the statement, so a line cannot start with an operator: end the previous line with the operator, or wrap the whole expression in parentheses".into())
+    } else if starts_line && found.text == "<-" {
+        Some(match prev_word {
+            Some(name) if is_name(name) => format!(
+                "a new line ends the statement, so a line cannot start with `<-`: write `{name} <- ...` on one line"
+            ),
+            _ => "a new line ends the statement, so a line cannot start with `<-`: keep the target and `<-` on one line".into(),
+        })
+    } else if found.is_newline() {
+        Some(if expects(Rule::lbrace) {
+            "a new line ends the statement here: put the `{` on this line".into()
+        } else {
+            "a new line ends the statement here; to break a long line, break it after an operator, `=`, `<-` or `->`, or inside `(...)`".into()
+        })
     } else if found.text == "if" && expects(Rule::cond_expr) {
         Some("an `if` used in a condition must be in parentheses: `if (if a { b } else { c }) { ... }`".into())
     } else if is_keyword
@@ -680,6 +716,21 @@ fn syntax_error(src: &str, err: &pest::error::Error<Rule>) -> ParseError {
         Some("`None` only adds an axis inside an index, like `x[:, None]`".into())
     } else if found.text == "return" || prev_word == Some("return") {
         Some("there is no `return`: a block's value is its last expression".into())
+    } else if found.text == "(" && before.ends_with([')', ']']) {
+        Some("only a name can be called; is an operator missing before `(`?".into())
+    } else if expects(Rule::stmt_end)
+        && matches!(
+            found.text.as_str(),
+            "let" | "param" | "state" | "report" | "assert"
+        )
+    {
+        Some("statements are separated by a new line or `;`".into())
+    } else if expects(Rule::stmt_end)
+        && (is_name(&found.text)
+            || found.text.starts_with(|c: char| c.is_ascii_digit())
+            || matches!(found.text.as_str(), "if" | "not" | "true" | "false"))
+    {
+        Some("two expressions side by side: is an operator or a `,` missing?".into())
     } else {
         None
     };
@@ -687,7 +738,6 @@ fn syntax_error(src: &str, err: &pest::error::Error<Rule>) -> ParseError {
     // Bracket context: the most common cause of a confusing error far from
     // the real mistake. (A second label would show it better, but would
     // grow `ParseError` past what clippy accepts in a `Result`.)
-    let open = open_brackets(src, pos);
     let still_open = |at: usize, b: u8| {
         format!(
             "the `{}` on line {} is still open",
@@ -1731,11 +1781,15 @@ fn misplaced_expr(src: &str, e: &Expr, next: usize) -> ParseError {
         "an expression here is only allowed as the last line of a block",
         "this value is never used",
     );
+    // Statements in a block are always separated by a new line or `;`: two
+    // expressions on one line are a syntax error before this.
     let between = src.get(e.span.end..next).unwrap_or("");
     if matches!(&e.kind, ExprKind::Name(n) if n == "return") {
         err.with_help("there is no `return`: a block's value is its last expression")
-    } else if !between.contains(['\n', ';']) {
-        err.with_help("two expressions side by side: is an operator or a `,` missing?")
+    } else if !between.contains(';') && src.get(next..).is_some_and(|s| s.starts_with('-')) {
+        err.with_help(
+            "a new line ends the statement, so the `-` that starts the next line negates instead of subtracting: end this line with `-` to continue it",
+        )
     } else {
         err.with_help("bind it with `let name = ...`, or move it to the end of the block")
     }

@@ -493,7 +493,9 @@ fn precedence_and_associativity() {
         ("f(x)[0] ** 2", "(** (index (f x) 0) 2)"),
         ("(a + b) * c", "(* (+ a b) c)"),
         ("a / b // a comment, not floor division", "(/ a b)"),
-        ("a\n  + b\n  - c", "(- (+ a b) c)"),
+        // A line that ends in an operator continues on the next one.
+        ("a +\n  b -\n  c", "(- (+ a b) c)"),
+        ("a *  // a comment\n\n  b ** c", "(* a (** b c))"),
     ];
     for (src, want) in cases {
         assert_eq!(sx(&tail(src)), want, "{src}");
@@ -591,7 +593,22 @@ fn calls_and_arguments() {
     assert_eq!(text(&src, args[1].span), "axis = 1");
     assert_eq!(text(&src, args[1].name.as_ref().unwrap().span), "axis");
     // Only names are called.
-    assert_eq!(err(&in_body("f(x)(y)")).code, "L1004");
+    let e = err(&in_body("f(x)(y)"));
+    assert_eq!(e.code, "L1001");
+    assert_eq!(
+        e.message,
+        "expected an operator, a new line or `;`, found `(`"
+    );
+    assert_eq!(
+        e.help.as_deref(),
+        Some("only a name can be called; is an operator missing before `(`?")
+    );
+    let e = err(&in_body("g(x[0](y))"));
+    assert_eq!(e.message, "expected `,`, `)` or an operator, found `(`");
+    assert_eq!(
+        e.help.as_deref(),
+        Some("only a name can be called; is an operator missing before `(`?")
+    );
 }
 
 #[test]
@@ -671,7 +688,7 @@ fn if_expressions() {
 #[test]
 fn spans_are_tight_byte_offsets() {
     // Non-ASCII comments shift byte offsets: spans must still be byte-exact.
-    let src = "// é ü ✓\nloss f(x: f32 diff) -> f32 {\n  let a = (x + 1)  // c\n  -a ** 2 @ w;\n  -a\n}\n";
+    let src = "// é ü ✓\nloss f(x: f32 diff) -> f32 {\n  let a = (x + 1) -  // c ✓\n  a ** 2 @ w;\n  -a\n}\n";
     let f = ok(src);
     let l = loss(&f, 0);
     assert_eq!(&src[l.span.start..l.span.start + 4], "loss");
@@ -680,9 +697,8 @@ fn spans_are_tight_byte_offsets() {
     let Stmt::Let { value, .. } = &l.body.stmts[0] else {
         panic!()
     };
-    // Newlines are not significant: a line that starts with `-` continues
-    // the one before it.
-    assert_eq!(text(src, value.span), "(x + 1)  // c\n  -a ** 2 @ w");
+    // A line that ends in `-` continues on the next, past the comment.
+    assert_eq!(text(src, value.span), "(x + 1) -  // c ✓\n  a ** 2 @ w");
     let ExprKind::Binary { lhs, rhs, .. } = &value.kind else {
         panic!()
     };
@@ -739,7 +755,7 @@ fn syntax_errors_name_what_was_expected_and_found() {
         ),
         (
             "loss f(x: f32) -> f32 {\n  lsm = x\n  lsm\n}",
-            "expected a statement, `}` or an operator, found `=`",
+            "expected an operator, a new line or `;`, found `=`",
             Some("to bind a name, write `let lsm = ...`; to compare two values, use `==`"),
         ),
         (
@@ -764,7 +780,7 @@ fn syntax_errors_name_what_was_expected_and_found() {
         ),
         (
             "loss f(x: f32) -> f32 {\n  mean(x * x))\n}",
-            "expected a statement, `}` or an operator, found `)`",
+            "expected an operator, a new line or `;`, found `)`",
             Some("this `)` has no matching opening bracket; the `{` on line 1 is still open"),
         ),
         (
@@ -791,12 +807,12 @@ fn syntax_errors_name_what_was_expected_and_found() {
         ),
         (
             "loss f(x: f32) -> f32 {\n  state step: i64 = 0\n  step = step + 1\n  x\n}",
-            "expected a statement, `}` or an operator, found `=`",
+            "expected an operator, a new line or `;`, found `=`",
             Some("a `state` is updated with `<-`: `step <- ...`"),
         ),
         (
             "loss f(x: f32) -> f32 { (x ** 2).mean() }",
-            "expected a statement, `}` or an operator, found `.`",
+            "expected an operator, a new line or `;`, found `.`",
             Some("there are no methods: write `mean(x)` instead of `x.mean()`"),
         ),
         (
@@ -834,11 +850,21 @@ fn if_without_else() {
 
 #[test]
 fn unclosed_brackets_are_named_with_their_line() {
+    // After a new line, the block could go on with a statement or end.
     let src = "loss f(x: f32) -> f32 {\n  let a = x\n  a\n";
+    let e = err(src);
+    assert_eq!(e.message, "expected a statement or `}`, found end of file");
+    assert_eq!(e.span_range, Span::new(src.len(), src.len()));
+    assert_eq!(
+        e.help.as_deref(),
+        Some("the `{` on line 1 is never closed; every `{` needs a matching `}`")
+    );
+    // Right after an expression, the expression could go on too.
+    let src = "loss f(x: f32) -> f32 {\n  let a = x\n  a";
     let e = err(src);
     assert_eq!(
         e.message,
-        "expected a statement, `}` or an operator, found end of file"
+        "expected an operator, a new line or `;`, found end of file"
     );
     assert_eq!(e.span_range, Span::new(src.len(), src.len()));
     assert_eq!(
@@ -882,10 +908,42 @@ fn misplaced_statements() {
         e.help.as_deref(),
         Some("there is no `return`: a block's value is its last expression")
     );
+    // The next line starting with `-` is the likeliest reason: it negates.
+    let src = in_body("let a = x\na\n  -b");
+    let e = err(&src);
+    assert_eq!(e.code, "L1004");
+    assert_eq!(text(&src, e.span_range), "a");
+    assert_eq!(
+        e.help.as_deref(),
+        Some(
+            "a new line ends the statement, so the `-` that starts the next line negates instead of subtracting: end this line with `-` to continue it"
+        )
+    );
+    // After a `;` the `-` was meant to start a statement.
+    let e = err(&in_body("a; -b"));
+    assert_eq!(
+        e.help.as_deref(),
+        Some("bind it with `let name = ...`, or move it to the end of the block")
+    );
+    // Two expressions on one line are never two statements: a syntax error.
     let e = err(&in_body("a b"));
+    assert_eq!(e.code, "L1001");
+    assert_eq!(
+        e.message,
+        "expected an operator, a new line or `;`, found `b`"
+    );
     assert_eq!(
         e.help.as_deref(),
         Some("two expressions side by side: is an operator or a `,` missing?")
+    );
+    let e = err(&in_body("a let b = 1\nb"));
+    assert_eq!(
+        e.message,
+        "expected an operator, a new line or `;`, found `let`"
+    );
+    assert_eq!(
+        e.help.as_deref(),
+        Some("statements are separated by a new line or `;`")
     );
 
     let src = "fn g(x) {\n  param a: f32 = 1.0\n  x\n}";

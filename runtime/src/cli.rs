@@ -769,7 +769,8 @@ fn run(ctx: &Ctx, a: RunArgs, out: &mut dyn Write) -> Res<()> {
             writeln!(out, "{line}").map_err(|e| io_fail(ctx, e))?;
             for (n, t) in &o.grads {
                 let v = t.to_f64_vec();
-                let l2 = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+                // A fold from +0.0: `Sum` of no floats is -0.0, which printed as "-0.000000".
+                let l2 = v.iter().fold(0.0f64, |a, x| a + x * x).sqrt();
                 let mx = v.iter().fold(0.0f64, |m, x| m.max(x.abs()));
                 writeln!(
                     out,

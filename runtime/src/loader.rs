@@ -49,6 +49,19 @@ impl Loader for FileLoader {
                 name: p.display().to_string(),
                 text,
             })
-            .map_err(|e| format!("cannot read {}: {e}", p.display()))
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => format!(
+                    "no file `{}` next to this file",
+                    p.file_name()
+                        .map(|f| f.to_string_lossy().to_string())
+                        .unwrap_or_default()
+                ),
+                _ => format!(
+                    "cannot read `{}`",
+                    p.file_name()
+                        .map(|f| f.to_string_lossy().to_string())
+                        .unwrap_or_default()
+                ),
+            })
     }
 }

@@ -889,7 +889,7 @@ fn state_round_trip_is_bit_exact() {
         ("step".to_string(), Tensor::from_i64(vec![], vec![-7])),
         (
             "table".to_string(),
-            Tensor::from_f64(DType::F32, vec![n], floats.clone()),
+            Tensor::from_f64(DType::F64, vec![n], floats.clone()),
         ),
         (
             "grid".to_string(),
@@ -1138,4 +1138,36 @@ fn every_error_has_a_code_and_help() {
         assert!(c.starts_with("L60") && c.len() == 5, "{c}");
         assert!(e.help().is_some(), "{e}");
     }
+}
+
+/// f32 state is written in its shortest f32 form and reads back to the same f32 bits.
+#[test]
+fn f32_state_round_trips_through_its_shortest_form() {
+    let vals: Vec<f64> = [
+        0.1f32,
+        1.0 / 3.0,
+        3.4028235e38,
+        1e-45,
+        -0.0,
+        0.5019245,
+        16777217.0,
+    ]
+    .iter()
+    .map(|&x| f64::from(x))
+    .collect();
+    let state = vec![(
+        "t".to_string(),
+        Tensor::from_f64(DType::F32, vec![vals.len()], vals.clone()),
+    )];
+    let json = state_to_json(&state);
+    let text = serde_json::to_string(&json).unwrap();
+    assert!(text.contains("0.1,"), "shortest f32 form: {text}");
+    let back = parse_state_json(&text, "s.json").unwrap();
+    let got: Vec<u32> = back["t"]
+        .values
+        .iter()
+        .map(|&x| (x as f32).to_bits())
+        .collect();
+    let want: Vec<u32> = vals.iter().map(|&x| (x as f32).to_bits()).collect();
+    assert_eq!(got, want);
 }

@@ -233,6 +233,37 @@ impl Op {
         }
     }
 
+    /// How the op is written in a `.loss` file, for messages.
+    pub fn surface(&self) -> String {
+        match self {
+            Op::Binary(b) => match b {
+                BinaryOp::Add => "+",
+                BinaryOp::Sub => "-",
+                BinaryOp::Mul => "*",
+                BinaryOp::Div => "/",
+                BinaryOp::Pow => "**",
+                BinaryOp::Lt => "<",
+                BinaryOp::Le => "<=",
+                BinaryOp::Gt => ">",
+                BinaryOp::Ge => ">=",
+                BinaryOp::Eq => "==",
+                BinaryOp::Ne => "!=",
+                BinaryOp::And => "&",
+                BinaryOp::Or => "|",
+                BinaryOp::Maximum => "maximum",
+                BinaryOp::Minimum => "minimum",
+                BinaryOp::FloorDiv => "floordiv",
+            }
+            .into(),
+            Op::Unary(UnaryOp::Neg) => "-".into(),
+            Op::Unary(UnaryOp::Not) => "!".into(),
+            Op::Cast(d) => format!("{d}(...)"),
+            Op::MatMul => "@".into(),
+            Op::TakeAlong(_) | Op::IndexSelect(_) => "take".into(),
+            op => op.name(),
+        }
+    }
+
     pub fn grad_kind(&self) -> GradKind {
         match self {
             Op::Input(_)

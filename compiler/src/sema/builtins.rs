@@ -91,6 +91,7 @@ pub const BUILTINS: &[&str] = &[
     "rand_normal",
     "rand_uniform",
     "dirichlet",
+    "ensemble",
     "scatter",
 ];
 
@@ -158,6 +159,7 @@ fn signature(name: &str) -> Option<&'static [&'static str]> {
         "rand_normal" | "rand_uniform" => &["seed", "step", "d0", "d1", "d2", "d3"],
         "dirichlet" => &["k", "seed", "step"],
         "scatter" => &["base", "idx", "values", "axis"],
+        "ensemble" => &["z", "members", "weights"],
         _ => return None,
     })
 }
@@ -222,7 +224,13 @@ impl Checker<'_> {
                         None => {
                             let hint = match (name, n.name.as_str()) {
                                 (_, "dim") => " (the language says `axis`)".to_string(),
-                                _ => String::new(),
+                                (_, other) => match super::expr::closest(
+                                    other,
+                                    &sig.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+                                ) {
+                                    Some(c) => format!(" (did you mean `{c}`?)"),
+                                    None => String::new(),
+                                },
                             };
                             self.err(
                                 Diagnostic::error(
@@ -394,8 +402,9 @@ impl Checker<'_> {
                     "a scalar has no axes".to_string()
                 } else {
                     format!(
-                        "valid axes are 0..{} (or -{rank}..-1 from the end)",
-                        rank - 1
+                        "valid axes are {} (or {} from the end)",
+                        list_or((0..rank as i64).collect()),
+                        list_or((-(rank as i64)..0).collect())
                     )
                 }),
             );
@@ -1126,6 +1135,7 @@ impl Checker<'_> {
                 let w = self.g.div(e, s, sp);
                 Some(Val::T(self.g.cast(w, DType::F32, sp)))
             }
+            "ensemble" => self.ensemble(b.get(0), b.get(1), b.get(2), sp),
             "scatter" => {
                 let base = self.arg_tensor(b, 0, name, sp, false)?;
                 let idx = self.arg_tensor(b, 1, name, sp, false)?;
@@ -1249,7 +1259,18 @@ impl Checker<'_> {
         match as_dim(&v) {
             Some(d) => Some(d),
             None => {
-                if !matches!(v, Val::Poison) {
+                if let Val::Float(f) = v {
+                    self.err(
+                        Diagnostic::error(
+                            "L3015",
+                            self.file,
+                            e.span,
+                            format!("{what} must be a whole number, got `{f}`"),
+                        )
+                        .label("not an integer")
+                        .help("use an integer literal or a dim such as C"),
+                    );
+                } else if !matches!(v, Val::Poison) {
                     self.err(
                         Diagnostic::error("L3015", self.file, e.span, format!("{what} must be known before the data is seen"))
                             .label("not a static size")
@@ -1589,5 +1610,22 @@ impl Checker<'_> {
         let m = self.extreme_axes(f, &(0..r).collect::<Vec<_>>(), false, ReduceKind::Min, sp);
         let one = self.g.float(1.0, DType::F32, sp);
         self.g.binary(BinaryOp::Eq, m, one, sp)
+    }
+}
+
+/// "0, 1 or 2" — for help lines that list every valid choice.
+pub fn list_or(v: Vec<i64>) -> String {
+    match v.len() {
+        0 => "none".into(),
+        1 => v[0].to_string(),
+        n => format!(
+            "{} or {}",
+            v[..n - 1]
+                .iter()
+                .map(|x| x.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            v[n - 1]
+        ),
     }
 }

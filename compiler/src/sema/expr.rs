@@ -11,6 +11,9 @@ use crate::value::DType;
 use losslang_grammar::Span;
 use losslang_grammar::ast::{BinOp, Expr, ExprKind, IndexItem, UnOp};
 
+/// Most helper bodies inlined while checking one loss (each call inlines its body anew).
+const MAX_INLINED_CALLS: usize = 100_000;
+
 /// How strongly a value insists on its dtype when it meets another.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Kind {
@@ -82,10 +85,18 @@ impl Checker<'_> {
             self.scopes.iter().flat_map(|s| s.keys().cloned()).collect();
         candidates.extend(self.dims.iter().cloned());
         candidates.extend(self.g.params.iter().map(|p| p.name.clone()));
-        let help = match closest(n, &candidates) {
-            Some(c) => format!("did you mean `{c}`?"),
-            None => "declare it with `let`, as an input, a `param` or a `state` before using it"
-                .to_string(),
+        let looks_like_dim =
+            n.len() <= 2 && n.chars().next().is_some_and(|c| c.is_ascii_uppercase());
+        let help = match (closest(n, &candidates), looks_like_dim) {
+            (Some(c), true) => format!("no input declares a dim `{n}`; did you mean `{c}`?"),
+            (None, true) => format!(
+                "no input declares a dim `{n}`: add an input with that dim, or bind a state table's size with --dims {n}=..."
+            ),
+            (Some(c), false) => format!("did you mean `{c}`?"),
+            (None, false) => {
+                "declare it with `let`, as an input, a `param` or a `state` before using it"
+                    .to_string()
+            }
         };
         self.err(
             Diagnostic::error("L2001", self.file, span, format!("unknown name `{n}`"))
@@ -242,7 +253,8 @@ impl Checker<'_> {
 
     /// Pushes a node; a failed type rule becomes a diagnostic.
     pub fn push_op(&mut self, op: Op, args: Vec<Handle>, span: Span) -> Val {
-        let name = op.name();
+        let name = op.surface();
+        let op_kind = op.clone();
         match self.g.push(op, args.clone(), span) {
             Ok(h) => Val::T(h),
             Err(msg) => {
@@ -255,9 +267,11 @@ impl Checker<'_> {
                     } else {
                         "L3003"
                     };
-                let help = match code {
-                    "L3001" => "shapes broadcast like NumPy: a dim meets the same dim or 1; insert axes with x[:, None], or reduce first".to_string(),
-                    "L3005" => "axes count from 0; -1 is the last axis".to_string(),
+                let help = match (&op_kind, code) {
+                    (Op::MatMul, _) => "the inner dims of `a @ b` must match; did you mean `a @ transpose(b)`?".to_string(),
+                    (Op::Concat(a), _) => format!("values must agree on every axis except the concatenation axis ({a})"),
+                    (_, "L3001") => "shapes broadcast like NumPy: a dim meets the same dim or 1; insert axes with x[:, None], or reduce first".to_string(),
+                    (_, "L3005") => "axes count from 0; -1 is the last axis".to_string(),
                     _ => "convert explicitly with f32(...), i64(...) or a comparison".to_string(),
                 };
                 self.err(
@@ -410,20 +424,22 @@ impl Checker<'_> {
         let ha = self.g.cast(ha, d, span);
         let hb = self.g.cast(hb, d, span);
         let (sa, sb) = (self.g.ty(ha).shape.clone(), self.g.ty(hb).shape.clone());
-        if sa != sb && crate::ops::broadcast_shapes(&sa, &sb).is_err() {
+        // Two computed branches must agree exactly; a literal branch (`0.0`) broadcasts.
+        let both_computed = matches!(a, Val::T(_)) && matches!(b, Val::T(_));
+        if sa != sb && (both_computed || crate::ops::broadcast_shapes(&sa, &sb).is_err()) {
             self.err(
                 Diagnostic::error(
                     "L3007",
                     self.file,
                     span,
                     format!(
-                        "the branches of `if` have incompatible shapes {} and {}",
-                        crate::dim::shape_str(&sa),
-                        crate::dim::shape_str(&sb)
+                        "the branches of `if` have different types: {} (then) and {} (else)",
+                        crate::ir::Ty::new(d, sa.clone()),
+                        crate::ir::Ty::new(d, sb.clone())
                     ),
                 )
                 .label("branches differ")
-                .help("both branches must give values of one shape (or broadcastable shapes)"),
+                .help("both branches must give values of one shape: reduce one of them, or use where(cond, a, b) for an elementwise choice"),
             );
             return Val::Poison;
         }
@@ -517,7 +533,8 @@ impl Checker<'_> {
                                     )
                                     .label("out of range")
                                     .help(format!(
-                                        "valid positions are 0..{fc} (or -{fc}..-1 from the end)"
+                                        "valid positions are 0 to {} (or -{fc} to -1 from the end)",
+                                        fc - 1
                                     )),
                                 );
                                 return Val::Poison;
@@ -689,6 +706,9 @@ impl Checker<'_> {
         span: Span,
     ) -> Val {
         if let Some(entry) = self.fns.get(&func.name).cloned() {
+            if entry.poisoned {
+                return Val::Poison;
+            }
             return self.call_fn(&entry, func, args, span);
         }
         if let Some(v) = self.call_builtin(&func.name, func.span, args, span) {
@@ -724,12 +744,51 @@ impl Checker<'_> {
         span: Span,
     ) -> Val {
         let def = entry.def.clone();
-        if self.call_stack.iter().any(|(n, _, _)| n == &def.name.name) {
+        if let Some(pos) = self
+            .call_stack
+            .iter()
+            .position(|(n, _, _)| n == &def.name.name)
+        {
+            let cycle: Vec<String> = self.call_stack[pos..]
+                .iter()
+                .map(|(n, _, _)| n.clone())
+                .chain([def.name.name.clone()])
+                .collect();
+            let msg = if cycle.len() <= 2 {
+                format!("`{}` calls itself", def.name.name)
+            } else {
+                format!(
+                    "{} call each other ({})",
+                    cycle[..cycle.len() - 1]
+                        .iter()
+                        .map(|n| format!("`{n}`"))
+                        .collect::<Vec<_>>()
+                        .join(" and "),
+                    cycle.join(" → ")
+                )
+            };
             self.err(
-                Diagnostic::error("L2005", self.file, span, format!("`{}` calls itself", def.name.name))
+                Diagnostic::error("L2005", self.file, span, msg)
                     .label("recursive call")
                     .help("helper functions are inlined at each call, so recursion is not allowed; unroll it or use a reduction"),
             );
+            return Val::Poison;
+        }
+        self.inlined += 1;
+        if self.inlined > MAX_INLINED_CALLS {
+            // Reported once: every later call fails the same way.
+            if self.inlined == MAX_INLINED_CALLS + 1 {
+                self.err(
+                    Diagnostic::error(
+                        "L2005",
+                        self.file,
+                        span,
+                        format!("helper calls expand to more than {MAX_INLINED_CALLS} inlined bodies"),
+                    )
+                    .label("the limit is passed here")
+                    .help("helpers are inlined at each call; bind a repeated call to a `let` instead of calling it again"),
+                );
+            }
             return Val::Poison;
         }
         if self.call_stack.len() >= 64 {

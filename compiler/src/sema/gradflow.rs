@@ -122,7 +122,7 @@ pub fn analyse(ck: &mut Checker) {
                         inp.name
                     ),
                 )
-                .label(format!("`{}` has no gradient", node.op.name()))
+                .label(format!("`{}` has no gradient", node.op.surface()))
                 .related(inp.span, "declared `diff` here")
                 .help(cut_help(&node.op))
             }

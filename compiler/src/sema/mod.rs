@@ -5,6 +5,7 @@
 //! collected, not thrown: one run reports every error it can.
 
 pub mod builtins;
+pub mod ensemble;
 pub mod expr;
 pub mod gradflow;
 pub mod range;

@@ -18,6 +18,30 @@ use std::rc::Rc;
 pub struct FnEntry {
     pub def: Rc<ast::FnDef>,
     pub file: usize,
+    /// Named by a `use` that failed: calls are silent (the `use` already has its error).
+    pub poisoned: bool,
+}
+
+impl FnEntry {
+    fn poisoned(name: &ast::Ident, file: usize) -> FnEntry {
+        FnEntry {
+            def: Rc::new(ast::FnDef {
+                doc: None,
+                margin: false,
+                name: name.clone(),
+                params: vec![],
+                ret: None,
+                body: ast::Block {
+                    stmts: vec![],
+                    tail: None,
+                    span: name.span,
+                },
+                span: name.span,
+            }),
+            file,
+            poisoned: true,
+        }
+    }
 }
 
 pub struct Checker<'l> {
@@ -29,6 +53,8 @@ pub struct Checker<'l> {
     pub scopes: Vec<HashMap<String, Val>>,
     /// Helper calls being inlined: (name, call span, caller file) — for recursion and notes.
     pub call_stack: Vec<(String, Span, usize)>,
+    /// Helper bodies inlined so far: bounds an exponential call tree (`f(x) = g(x) + g(x)`, ...).
+    pub inlined: usize,
     pub dims: BTreeSet<String>,
     pub updated: HashMap<usize, Span>,
     pub opts: Options,
@@ -120,6 +146,7 @@ pub fn check_program(
         fns,
         scopes: vec![HashMap::new()],
         call_stack: vec![],
+        inlined: 0,
         dims: BTreeSet::new(),
         updated: HashMap::new(),
         opts,
@@ -198,6 +225,7 @@ fn collect_items(
                     FnEntry {
                         def: Rc::new(f.clone()),
                         file: file_idx,
+                        poisoned: false,
                     },
                 );
             }
@@ -226,6 +254,9 @@ fn collect_items(
                                 .label(e)
                                 .help("`std::name` is the standard library (`stdlib/name.loss`); other paths are relative to this file's folder"),
                         );
+                        for item in &u.items {
+                            fns.insert(item.name.clone(), FnEntry::poisoned(item, file_idx));
+                        }
                         continue;
                     }
                 };
@@ -289,6 +320,7 @@ fn collect_items(
                                         .join(", ")
                                 )),
                             );
+                            fns.insert(item.name.clone(), FnEntry::poisoned(item, file_idx));
                         }
                     }
                 }
@@ -387,6 +419,7 @@ impl Checker<'_> {
                 continue;
             }
             let Some(dt) = self.dtype_of(&inp.ty) else {
+                self.bind(&inp.name.name, Val::Poison);
                 continue;
             };
             let shape = self.shape_of(&inp.ty);
@@ -438,6 +471,21 @@ impl Checker<'_> {
                 span: inp.name.span,
                 value: Some(h),
             });
+        }
+        if !def.inputs.is_empty() && !def.inputs.iter().any(|i| i.diff) {
+            self.err(
+                Diagnostic::warning(
+                    "L4004",
+                    self.file,
+                    def.name.span,
+                    format!(
+                        "no input of `{}` is `diff`: nothing gets a gradient",
+                        def.name.name
+                    ),
+                )
+                .label("no differentiable input")
+                .help("mark the model's outputs with `diff`, e.g. `logits: f32[N, C] diff`"),
+            );
         }
         // State dims that no input binds are bound at run time by the state file or --dims.
         for st in def.body.stmts.iter() {
@@ -575,6 +623,10 @@ impl Checker<'_> {
                     return;
                 }
                 self.check_param(doc, name, ty, default, *span);
+                // A failed declaration still binds its name, so later uses stay quiet.
+                if self.lookup(&name.name).is_none() {
+                    self.bind(&name.name, Val::Poison);
+                }
             }
             Stmt::State {
                 doc,
@@ -587,6 +639,9 @@ impl Checker<'_> {
                     return;
                 }
                 self.check_state(doc, name, ty, init, *span);
+                if self.lookup(&name.name).is_none() {
+                    self.bind(&name.name, Val::Poison);
+                }
             }
             Stmt::Report { name, value, span } => {
                 if !self.only_top(top, *span, "report") {
@@ -670,7 +725,11 @@ impl Checker<'_> {
                 )
                 .label(format!("{ty}"))
                 .related(t.span, "declared type")
-                .help("fix the declared type, or convert with f32(...) / i64(...)"),
+                .help(if ty.dtype != dt {
+                    format!("fix the declared type, or convert with {dt}(...)")
+                } else {
+                    "the shapes differ: reduce or index the value (e.g. max(..., axis=1)), or fix the declared shape".to_string()
+                }),
             );
             return Val::Poison;
         }
@@ -714,13 +773,21 @@ impl Checker<'_> {
             (Val::Float(f), DType::F32 | DType::F64) => Scalar::F(*f),
             (Val::Bool(b), DType::Bool) => Scalar::B(*b),
             (Val::Poison, _) => return,
+            (Val::T(h), _) if self.depends_on_data(*h) => {
+                self.err(
+                    Diagnostic::error("L3013", self.file, default.span, "a param's default cannot read inputs: params are fixed before the data is seen")
+                        .label("reads the data")
+                        .help(format!("use a constant default, or compute the value in the body: `let {} = ...`", name.name)),
+                );
+                return;
+            }
             _ => {
                 self.err(
                     Diagnostic::error(
                         "L3013",
                         self.file,
                         default.span,
-                        format!("the default of a `{dt}` param must be a {dt} constant"),
+                        format!("the default of a param of type `{dt}` must be a `{dt}` constant"),
                     )
                     .label("not a constant of that type")
                     .help(match dt {
@@ -837,6 +904,17 @@ impl Checker<'_> {
         span: Span,
     ) {
         let Some(si) = self.g.state_index(&target.name) else {
+            if matches!(self.lookup(&target.name), Some(Val::Poison)) {
+                return;
+            }
+            if self.g.input_index(&target.name).is_some() {
+                self.err(
+                    Diagnostic::error("L3031", self.file, target.span, format!("`{}` is an input, and inputs are read-only", target.name))
+                        .label("not a state")
+                        .help(format!("keep a running value in a state of its own, e.g. `state {0}_ema: f32 = 0.0` and `{0}_ema <- ...`", target.name)),
+                );
+                return;
+            }
             let what = if self.lookup(&target.name).is_some() {
                 "is not a state"
             } else {
@@ -912,7 +990,11 @@ impl Checker<'_> {
                     self.err(
                         Diagnostic::error("L3034", self.file, ix.span, format!("`{}[...] <-` needs i64 row ids of a state table, got {it}", target.name))
                             .label("not row ids")
-                            .help("declare the state as a table (`state s: f32[M] = 0.0`) and index it with an i64 tensor"),
+                            .help(if st.ty.shape.is_empty() {
+                                format!("`{}` is a scalar; declare it as a table (`state {}: f32[M] = 0.0`) to update rows", target.name, target.name)
+                            } else {
+                                format!("the ids are {it}; row ids must be i64: declare them as `i64[N]` or convert with i64(...)")
+                            }),
                     );
                     return;
                 }

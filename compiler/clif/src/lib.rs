@@ -1,0 +1,3 @@
+//! Cranelift JIT backend.
+
+pub mod math;
