@@ -718,6 +718,292 @@ fn comments_whitespace_and_separators() {
     assert_eq!(loss(&f, 0).body.stmts.len(), 1);
 }
 
+// ---------------------------------------------------------------- newlines
+
+const LINE_START_HELP: &str = "a new line ends the statement, so a line cannot start with an operator: end the previous line with the operator, or wrap the whole expression in parentheses";
+
+#[test]
+fn brackets_span_lines() {
+    let cases = [
+        ("f(\n  a,\n  axis =\n    1,\n)", "(f a axis=1)"),
+        ("f(a,\n\n  b\n  )", "(f a b)"),
+        ("[\n  a,\n  [b,\n   c],\n]", "[a [b c]]"),
+        ("x[\n  :,\n  1:\n    K\n]", "(index x : 1:K)"),
+        // Inside brackets a line may start with an operator.
+        ("(a\n  + b\n  - c)", "(- (+ a b) c)"),
+        ("f(a\n  * b,\n  -c)", "(f (* a b) (neg c))"),
+        ("[a\n  - b]", "[(- a b)]"),
+    ];
+    for (src, want) in cases {
+        assert_eq!(sx(&tail(src)), want, "{src:?}");
+    }
+    // Folding newlines keeps every byte offset.
+    let src = in_body("let l = take(\n  lp, // é ✓\n  target,\n  axis=1)\nl");
+    let f = ok(&src);
+    let Stmt::Let { value, .. } = &loss(&f, 0).body.stmts[0] else {
+        panic!()
+    };
+    assert_eq!(
+        text(&src, value.span),
+        "take(\n  lp, // é ✓\n  target,\n  axis=1)"
+    );
+    let ExprKind::Call { args, .. } = &value.kind else {
+        panic!()
+    };
+    let spans: Vec<&str> = args.iter().map(|a| text(&src, a.span)).collect();
+    assert_eq!(spans, ["lp", "target", "axis=1"]);
+    // Signatures, `fn` parameters and `use` groups span lines too.
+    let f = ok(
+        "fn g(\n  a,\n  b: f32[\n    N,\n  ],\n)\n  -> f32\n{\n  a\n}\n\
+                use a::b::{\n  c,\n  d,\n}\n\
+                loss h(x: f32) ->\n  f32 { x }",
+    );
+    let Item::Fn(g) = &f.items[0] else { panic!() };
+    assert_eq!(g.params.len(), 2);
+    assert_eq!(
+        dims(g.params[1].ty.as_ref().unwrap()),
+        Some(vec!["N".into()])
+    );
+    let Item::Use(u) = &f.items[1] else { panic!() };
+    assert_eq!(u.items.len(), 2);
+    assert!(loss(&f, 2).ret.is_some());
+}
+
+#[test]
+fn comments_inside_brackets() {
+    // A closing bracket in a comment closes nothing, an opening one opens
+    // nothing, and the comment still ends at its line.
+    let src = in_body(
+        "f(a, // a `)`, a `]` and a `(`, é ✓\n  b, /// ] doc-like\n  c) + [1, // ]\n  2] // (\n",
+    );
+    let f = ok(&src);
+    let t = loss(&f, 0).body.tail.as_deref().unwrap();
+    assert_eq!(sx(t), "(+ (f a b c) [1 2])");
+    let ExprKind::Binary { lhs, .. } = &t.kind else {
+        panic!()
+    };
+    let ExprKind::Call { args, .. } = &lhs.kind else {
+        panic!()
+    };
+    assert_eq!(text(&src, args[1].span), "b");
+    assert_eq!(text(&src, args[2].span), "c");
+    // Outside brackets a comment's brackets do not start folding either:
+    // the next line is still a statement of its own.
+    let b = body("let a = x // (\n-a");
+    assert_eq!(b.stmts.len(), 1);
+    assert_eq!(sx(b.tail.as_deref().unwrap()), "(neg a)");
+    // A comment that closes the call's bracket would leave it open.
+    let e = err(&in_body("f(a // )\n"));
+    assert_eq!(e.message, "expected `,`, `)` or an operator, found `}`");
+}
+
+#[test]
+fn a_line_ending_in_an_operator_continues() {
+    let b = body(
+        "let a = x +\n  y\n\
+         let c =\n\n  a\n\
+         report r =  // why\n  a\n\
+         s <-\n  s * 0.9\n\
+         assert a ==\n  c\n\
+         a and\n  not c or\n  c",
+    );
+    let shown: Vec<String> = b
+        .stmts
+        .iter()
+        .map(|s| match s {
+            Stmt::Let { value, .. } | Stmt::Report { value, .. } | Stmt::Update { value, .. } => {
+                sx(value)
+            }
+            Stmt::Assert { cond, .. } => sx(cond),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(shown, ["(+ x y)", "a", "a", "(* s 0.9)", "(== a c)"]);
+    assert_eq!(sx(b.tail.as_deref().unwrap()), "(or (and a (not c)) c)");
+    // In an `if` condition too.
+    assert_eq!(
+        sx(&tail("if a >\n  b { 1 } else { 2 }")),
+        "(if (> a b) {1} {2})"
+    );
+}
+
+#[test]
+fn a_line_starting_with_minus_is_a_new_statement() {
+    // The bug that made newlines significant: this was one statement,
+    // `let pen = sum(w) - mean(lp) + lam * pen`.
+    let b = body("let pen = sum(w)\n-mean(lp) + lam * pen");
+    assert_eq!(b.stmts.len(), 1);
+    let Stmt::Let { value, .. } = &b.stmts[0] else {
+        panic!()
+    };
+    assert_eq!(sx(value), "(sum w)");
+    assert_eq!(
+        sx(b.tail.as_deref().unwrap()),
+        "(+ (neg (mean lp)) (* lam pen))"
+    );
+    // `not` and `!` start statements the same way.
+    let b = body("let a = b\n  not c");
+    assert_eq!(b.stmts.len(), 1);
+    assert_eq!(sx(b.tail.as_deref().unwrap()), "(not c)");
+    let b = body("s <- a\n!c");
+    assert!(matches!(&b.stmts[0], Stmt::Update { value, .. } if sx(value) == "a"));
+    assert_eq!(sx(b.tail.as_deref().unwrap()), "(not c)");
+}
+
+#[test]
+fn a_line_cannot_start_with_an_infix_operator() {
+    for op in [
+        "+", "*", "/", "@", "**", "==", "!=", "<", "<=", ">", ">=", "&", "|", "and", "or",
+    ] {
+        let src = in_body(&format!("let a = x\n  {op} y\na"));
+        let e = err(&src);
+        assert_eq!(e.code, "L1001", "{op}");
+        assert_eq!(
+            e.message,
+            format!("expected a statement or `}}`, found `{op}`")
+        );
+        assert_eq!(text(&src, e.span_range), op);
+        assert_eq!(e.help.as_deref(), Some(LINE_START_HELP), "{op}");
+    }
+    // After a tail expression, and after a `;`.
+    let e = err(&in_body("a\n  + b"));
+    assert_eq!(e.help.as_deref(), Some(LINE_START_HELP));
+    let e = err(&in_body("a;\n* b"));
+    assert_eq!(e.help.as_deref(), Some(LINE_START_HELP));
+    // Where the line may continue, the operator is simply not an operand.
+    let e = err(&in_body("let a =\n  + b\na"));
+    assert_eq!(e.message, "expected an expression, found `+`");
+    assert_eq!(e.help, None);
+    // Nor does an update's `<-` start a line.
+    let e = err(&in_body("s\n  <- s + 1"));
+    assert_eq!(e.message, "expected a statement or `}`, found `<-`");
+    assert_eq!(
+        e.help.as_deref(),
+        Some(
+            "a new line ends the statement, so a line cannot start with `<-`: write `s <- ...` on one line"
+        )
+    );
+    // What a new line cuts short is named as "a new line".
+    let src = in_body("let a\n  = x\na");
+    let e = err(&src);
+    assert_eq!(e.message, "expected `:` or `=`, found a new line");
+    assert_eq!(text(&src, e.span_range), "\n");
+    assert_eq!(
+        e.help.as_deref(),
+        Some(
+            "a new line ends the statement here; to break a long line, break it after an operator, `=`, `<-` or `->`, or inside `(...)`"
+        )
+    );
+    let e = err(&in_body("if a > 0\n{ 1 } else { 2 }"));
+    assert_eq!(e.message, "expected `{` or an operator, found a new line");
+    assert_eq!(
+        e.help.as_deref(),
+        Some("a new line ends the statement here: put the `{` on this line")
+    );
+}
+
+#[test]
+fn else_may_start_a_line() {
+    assert_eq!(
+        sx(&tail(
+            "if a {\n  1\n}\nelse if b {\n  2\n}\n\n// the rest\nelse {\n  3\n}"
+        )),
+        "(if a {1} {(if b {2} {3})})"
+    );
+    let b = body("let k = if a { 1 }\n  else { 2 }\nk");
+    let Stmt::Let { value, .. } = &b.stmts[0] else {
+        panic!()
+    };
+    assert_eq!(sx(value), "(if a {1} {2})");
+    // But a missing `else` is still missing when the next line is not one.
+    let e = err(&in_body("let k = if a { 1 }\n\nk"));
+    assert_eq!(e.message, "expected `else`, found `k`");
+}
+
+#[test]
+fn semicolons_separate_statements() {
+    let b = body("let a = 1; let b = 2; s <- a; a + b");
+    assert_eq!(b.stmts.len(), 3);
+    assert_eq!(sx(b.tail.as_deref().unwrap()), "(+ a b)");
+    // Empty statements, leading or trailing, and `;` mixed with new lines.
+    let b = body(";;\n; let a = 1;;\n;\n\n  a ;");
+    assert_eq!(b.stmts.len(), 1);
+    assert_eq!(sx(b.tail.as_deref().unwrap()), "a");
+    let f = ok("fn g(x) { let a = x; a * 2 }; fn h() { 1 };");
+    let Item::Fn(g) = &f.items[0] else { panic!() };
+    assert_eq!(g.body.stmts.len(), 1);
+    assert_eq!(sx(g.body.tail.as_deref().unwrap()), "(* a 2)");
+}
+
+#[test]
+fn blocks_inside_brackets_keep_their_lines() {
+    // The braces of an `if` inside a call: newlines inside them still
+    // separate statements, those between `}` and `else` are spaces.
+    let src = in_body("f(if c {\n  let t = a\n  t\n}\nelse {\n  b\n}, [1,\n  2])");
+    let f = ok(&src);
+    let t = loss(&f, 0).body.tail.as_deref().unwrap();
+    assert_eq!(sx(t), "(f (if c {1 stmts; t} {b}) [1 2])");
+    assert_eq!(
+        sx(&tail("[g(if c {\n  a\n} else {\n  b\n})]")),
+        "[(g (if c {a} {b}))]"
+    );
+    // Two lines inside the braces are two statements, not one expression...
+    let src = in_body("f(if c {\n  a\n  b\n} else { 1 })");
+    let e = err(&src);
+    assert_eq!(e.code, "L1004");
+    assert_eq!(text(&src, e.span_range), "a");
+    // ...so a line there cannot start with an operator either,
+    let e = err(&in_body("f(if c {\n  a\n  + b\n} else { 1 })"));
+    assert_eq!(e.help.as_deref(), Some(LINE_START_HELP));
+    // unless brackets inside the braces fold it again.
+    assert_eq!(
+        sx(&tail("f(if c {\n  (a\n  + b)\n} else { 1 })")),
+        "(f (if c {(+ a b)} {1}))"
+    );
+}
+
+#[test]
+fn crlf_line_endings() {
+    let src = "loss f(x: f32) -> f32 {\r\n  let a = g(x,\r\n    1) +\r\n    2\r\n  s <- a\r\n  if a > 0 { a }\r\n  else { -a }\r\n}\r\n";
+    let f = ok(src);
+    let b = &loss(&f, 0).body;
+    assert_eq!(b.stmts.len(), 2);
+    assert_eq!(
+        text(src, b.stmts[0].span()),
+        "let a = g(x,\r\n    1) +\r\n    2"
+    );
+    assert_eq!(sx(b.tail.as_deref().unwrap()), "(if (> a 0) {a} {(neg a)})");
+    let e = err("loss f(x: f32) -> f32 {\r\n  a\r\n  + b\r\n}\r\n");
+    assert_eq!(e.message, "expected a statement or `}`, found `+`");
+    assert_eq!(e.help.as_deref(), Some(LINE_START_HELP));
+    let src = "loss f(x: f32) -> f32 {\r\n  let a\r\n  = x\r\n  a\r\n}";
+    let e = err(src);
+    assert_eq!(e.message, "expected `:` or `=`, found a new line");
+    assert_eq!(text(src, e.span_range), "\n");
+}
+
+#[test]
+fn doc_comments_inside_the_input_list() {
+    let src = "loss f(\n    /// The scores (logits).\n    /// Closers ) and ] are text here.\n    x: f32[N] diff,\n    // plain\n    y: f32[N], /// trailing: not a doc\n    /// Last.\n    z: f32,\n) -> f32 { x }";
+    for src in [src.to_string(), src.replace('\n', "\r\n")] {
+        let f = ok(&src);
+        let docs: Vec<Option<&str>> = loss(&f, 0)
+            .inputs
+            .iter()
+            .map(|i| i.doc.as_deref())
+            .collect();
+        assert_eq!(
+            docs,
+            [
+                Some("The scores (logits).\nClosers ) and ] are text here."),
+                None,
+                Some("Last."),
+            ],
+            "{src:?}"
+        );
+    }
+}
+
 // ---------------------------------------------------------------- errors
 
 #[test]
