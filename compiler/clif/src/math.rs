@@ -107,7 +107,9 @@ impl MathOptions {
     /// Options matching an ISA built by `cranelift_native::builder()` for this
     /// machine: that builder enables `has_fma` exactly when the CPU has FMA.
     pub fn host() -> Self {
-        MathOptions { fma: host_has_fma() }
+        MathOptions {
+            fma: host_has_fma(),
+        }
     }
 
     /// Options matching `isa`'s flags (`has_fma` on x64; FMA is part of the

@@ -74,9 +74,10 @@ pub fn attrs(op: &Op) -> String {
             "axis={axis}{}",
             if *descending { ", descending" } else { "" }
         ),
-        Op::Cumsum { axis, reverse } => {
+        Op::Cumsum { axis, reverse } | Op::LogCumSumExp { axis, reverse } => {
             format!("axis={axis}{}", if *reverse { ", reverse" } else { "" })
         }
+        Op::SearchSorted { right } => (if *right { "right" } else { "left" }).to_string(),
     }
 }
 

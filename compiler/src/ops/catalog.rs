@@ -92,6 +92,8 @@ pub fn kind_index(op: &Op) -> &'static str {
         Op::MatMul => "matmul",
         Op::Argsort { .. } => "argsort",
         Op::Cumsum { .. } => "cumsum",
+        Op::LogCumSumExp { .. } => "logcumsumexp",
+        Op::SearchSorted { .. } => "searchsorted",
     }
 }
 
@@ -281,6 +283,28 @@ pub fn samples() -> Vec<Sample> {
             reverse: true,
         },
         vec![fa(&[3, 4], -2.0, 2.0)],
+    ));
+    v.push(s(
+        Op::LogCumSumExp {
+            axis: 1,
+            reverse: false,
+        },
+        vec![fa(&[3, 5], -3.0, 3.0)],
+    ));
+    v.push(s(
+        Op::LogCumSumExp {
+            axis: 0,
+            reverse: true,
+        },
+        vec![fa(&[4, 2], -3.0, 3.0)],
+    ));
+    v.push(s(
+        Op::SearchSorted { right: false },
+        vec![fa(&[6], -2.0, 2.0), fa(&[2, 3], -2.0, 2.0)],
+    ));
+    v.push(s(
+        Op::SearchSorted { right: true },
+        vec![fa(&[6], -2.0, 2.0), fa(&[4], -2.0, 2.0)],
     ));
     // Sources: no data to differentiate, but each kind has a sample so none is forgotten.
     v.push(s(Op::Const(Scalar::F(1.5), DType::F64), vec![]));

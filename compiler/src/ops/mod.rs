@@ -171,6 +171,17 @@ pub enum Op {
         axis: usize,
         reverse: bool,
     },
+    /// log Σ exp along an axis, cumulative, evaluated with a running maximum so
+    /// that no entry is exponentiated far from its own prefix's scale.
+    LogCumSumExp {
+        axis: usize,
+        reverse: bool,
+    },
+    /// NumPy `searchsorted(sorted, values, side)`: for each value, the first
+    /// position of the 1-D ascending `sorted` whose entry is `>=` it (`> ` with `right`).
+    SearchSorted {
+        right: bool,
+    },
 }
 
 /// How an op passes gradients, for the differentiability analysis.
@@ -230,6 +241,8 @@ impl Op {
             Op::MatMul => "matmul".into(),
             Op::Argsort { .. } => "argsort".into(),
             Op::Cumsum { .. } => "cumsum".into(),
+            Op::LogCumSumExp { .. } => "logcumsumexp".into(),
+            Op::SearchSorted { .. } => "searchsorted".into(),
         }
     }
 
@@ -304,7 +317,9 @@ impl Op {
             | Op::IndexAdd(_)
             | Op::ScatterSet(_)
             | Op::MatMul
-            | Op::Cumsum { .. } => GradKind::Smooth,
+            | Op::Cumsum { .. }
+            | Op::LogCumSumExp { .. } => GradKind::Smooth,
+            Op::SearchSorted { .. } => GradKind::Cut,
         }
     }
 
@@ -349,7 +364,10 @@ impl Op {
             | Op::ScatterSet(_)
             | Op::OneHot(_) => index::infer(self, args),
             Op::MatMul => linalg::infer(args),
-            Op::Argsort { .. } | Op::Cumsum { .. } => order::infer(self, args),
+            Op::Argsort { .. }
+            | Op::Cumsum { .. }
+            | Op::LogCumSumExp { .. }
+            | Op::SearchSorted { .. } => order::infer(self, args),
         }
     }
 }
@@ -434,7 +452,10 @@ impl Op {
             | Op::ScatterSet(_)
             | Op::OneHot(_) => index::vjp(self, gr, node, g),
             Op::MatMul => linalg::vjp(gr, node, g),
-            Op::Argsort { .. } | Op::Cumsum { .. } => order::vjp(self, gr, node, g),
+            Op::Argsort { .. }
+            | Op::Cumsum { .. }
+            | Op::LogCumSumExp { .. }
+            | Op::SearchSorted { .. } => order::vjp(self, gr, node, g),
         }
     }
 
@@ -474,7 +495,10 @@ impl Op {
             | Op::ScatterSet(_)
             | Op::OneHot(_) => index::eval(self, args, env),
             Op::MatMul => linalg::eval(args),
-            Op::Argsort { .. } | Op::Cumsum { .. } => order::eval(self, args),
+            Op::Argsort { .. }
+            | Op::Cumsum { .. }
+            | Op::LogCumSumExp { .. }
+            | Op::SearchSorted { .. } => order::eval(self, args),
         }
     }
 
@@ -499,5 +523,6 @@ impl Op {
         "and",
         "or",
         "stop_grad",
+        "searchsorted",
     ];
 }

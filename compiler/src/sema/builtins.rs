@@ -92,6 +92,7 @@ pub const BUILTINS: &[&str] = &[
     "rand_uniform",
     "dirichlet",
     "ensemble",
+    "searchsorted",
     "scatter",
 ];
 
@@ -159,6 +160,7 @@ fn signature(name: &str) -> Option<&'static [&'static str]> {
         "rand_normal" | "rand_uniform" => &["seed", "step", "d0", "d1", "d2", "d3"],
         "dirichlet" => &["k", "seed", "step"],
         "scatter" => &["base", "idx", "values", "axis"],
+        "searchsorted" => &["sorted", "values", "right"],
         "ensemble" => &["z", "members", "weights"],
         _ => return None,
     })
@@ -1042,17 +1044,7 @@ impl Checker<'_> {
                 if name == "cumsum" {
                     return Some(self.push_op(Op::Cumsum { axis, reverse }, vec![x], sp));
                 }
-                // Shifted by the axis maximum; entries far below it underflow to -inf, as in f64 JAX.
-                let m = self.max_axes(x, &[axis], true, sp);
-                let m = self.g.mk(Op::StopGrad, vec![m], sp);
-                let fin = self.g.unary(UnaryOp::IsFinite, m, sp);
-                let zero = self.g.float_like(0.0, m, sp);
-                let m = self.g.where_(fin, m, zero, sp);
-                let s = self.g.sub(x, m, sp);
-                let e = self.g.unary(UnaryOp::Exp, s, sp);
-                let c = self.g.mk(Op::Cumsum { axis, reverse }, vec![e], sp);
-                let l = self.g.unary(UnaryOp::Log, c, sp);
-                Some(Val::T(self.g.add(l, m, sp)))
+                Some(self.push_op(Op::LogCumSumExp { axis, reverse }, vec![x], sp))
             }
             "quantile" => {
                 let x = self.arg_tensor(b, 0, name, sp, true)?;
@@ -1134,6 +1126,17 @@ impl Checker<'_> {
                 let s = self.g.sum(e, vec![0], false, sp);
                 let w = self.g.div(e, s, sp);
                 Some(Val::T(self.g.cast(w, DType::F32, sp)))
+            }
+            "searchsorted" => {
+                let (sv, ss) = self.arg_val(b, 0, name, sp)?;
+                let (vv, vs) = self.arg_val(b, 1, name, sp)?;
+                let right = self.static_bool(b, 2, false, "right")?;
+                let d = self.promote_pub(&sv, &vv, name, sp)?;
+                let s = self.materialize(&sv, Some(d), ss);
+                let v = self.materialize(&vv, Some(d), vs);
+                let s = self.g.cast(s, d, ss);
+                let v = self.g.cast(v, d, vs);
+                Some(self.push_op(Op::SearchSorted { right }, vec![s, v], sp))
             }
             "ensemble" => self.ensemble(b.get(0), b.get(1), b.get(2), sp),
             "scatter" => {

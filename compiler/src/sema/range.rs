@@ -252,7 +252,21 @@ pub fn range(g: &Graph, h: Handle, memo: &mut HashMap<Handle, Range>) -> Range {
                 | BinaryOp::Or => Range::new(0.0, 1.0),
             }
         }
-        Op::Where => Range::union(arg(1, memo), arg(2, memo)),
+        Op::Where => {
+            // The guard idiom `where(x > k, x, …)`: in the taken branch x is above k.
+            let mut a = arg(1, memo);
+            let c = g.node(n.args[0]);
+            if let (Op::Binary(cmp @ (BinaryOp::Gt | BinaryOp::Ge)), true) =
+                (&c.op, c.args[0] == n.args[1])
+            {
+                let k = range(g, c.args[1], memo);
+                if k.lo == k.hi && k.lo >= a.lo {
+                    a.lo = k.lo;
+                    a.lo_open = *cmp == BinaryOp::Gt;
+                }
+            }
+            Range::union(a, arg(2, memo))
+        }
         Op::Cast(d) => {
             let src = g.ty(n.args[0]).dtype;
             if src == DType::Bool && *d != DType::Bool {
@@ -277,6 +291,8 @@ pub fn range(g: &Graph, h: Handle, memo: &mut HashMap<Handle, Range>) -> Range {
                 ReduceKind::Max | ReduceKind::Min => x,
             }
         }
+        Op::SearchSorted { .. } => Range::new(0.0, f64::INFINITY),
+        Op::LogCumSumExp { .. } => Range::ANY,
         Op::Cumsum { .. } => {
             let x = arg(0, memo);
             if x.nonneg() {

@@ -1,0 +1,789 @@
+//! The differential fuzzer's core, shared by the cargo-fuzz targets and by
+//! `runtime/tests/hostile_programs.rs` (which includes this file with `#[path]`).
+//!
+//! From a byte string it generates a *well-typed* program over a subset of the
+//! builtins (elementwise math, broadcasting, row/column reductions, softmax
+//! family, gathers, one_hot, sort/cumsum, where/comparisons, stop_grad, `if` on
+//! params and state, scalar and table state with a scatter update, reports),
+//! plus matching data, and then checks:
+//!
+//! 1. the interpreter on the un-optimised gradient graph (`Program.grad`)
+//!    against the interpreter on the optimised one (`Program.opt`) — loss,
+//!    reports, state updates and gradients, over two calls carrying state; and
+//!    the forward graph `Program.ir` for the loss and the state. This finds
+//!    optimiser bugs with only the interpreter built;
+//! 2. every other available backend against the interpreter, within the
+//!    conformance tolerances;
+//! 3. for programs without kinks on finite data, the compiled gradient against
+//!    finite differences (`gradcheck`, which freezes discrete values).
+//!
+//! A failure is a `Finding` with a readable report (the program, the dims and
+//! what disagreed); a program the checker rejects is a finding too, because the
+//! generator only writes valid programs.
+
+use losslang_compiler::backend::{Backend, Executor, Interp};
+use losslang_compiler::ir::eval::{Env, eval};
+use losslang_compiler::ir::{Graph, Handle};
+use losslang_compiler::ops::Scalar;
+use losslang_compiler::program::{Call, CompileOptions, Program, compile};
+use losslang_compiler::sema::{NoLoader, Source};
+use losslang_compiler::value::{DType, Tensor};
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+/// Reads decisions from the fuzz input; zeros once it is used up.
+pub struct Choices<'a> {
+    data: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Choices<'a> {
+    pub fn new(data: &'a [u8]) -> Self {
+        Choices { data, pos: 0 }
+    }
+
+    pub fn byte(&mut self) -> u8 {
+        let b = self.data.get(self.pos).copied().unwrap_or(0);
+        self.pos += 1;
+        b
+    }
+
+    /// A choice in `0..n` (`n > 0`).
+    pub fn below(&mut self, n: usize) -> usize {
+        let v = (usize::from(self.byte()) << 8) | usize::from(self.byte());
+        v % n.max(1)
+    }
+
+    /// True with probability about `k / 256`.
+    pub fn chance(&mut self, k: u8) -> bool {
+        self.byte() < k
+    }
+
+    /// The bytes not consumed yet (they seed the data).
+    pub fn rest_seed(&self) -> u64 {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for &b in self.data.get(self.pos..).unwrap_or(&[]) {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        h
+    }
+}
+
+/// SplitMix64, for the data.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    pub fn uniform(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+    }
+
+    pub fn normal(&mut self) -> f64 {
+        let (u0, u1) = (self.uniform(), self.uniform());
+        (-2.0 * (1.0 - u0).ln()).sqrt() * (2.0 * std::f64::consts::PI * u1).cos()
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        if n == 0 { 0 } else { self.next_u64() % n }
+    }
+}
+
+/// The shapes the generator works with: `x: f32[N, C]`, `y: f32[N]`, scalars.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Ty {
+    Mat,
+    Vec,
+    Sc,
+}
+
+/// What kind of data the program gets.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum DataMode {
+    /// Standard normal floats.
+    Normal,
+    /// Some entries at ±1e4, ±30 or exactly 0.
+    Extreme,
+    /// Floats on a coarse grid (multiples of 0.5), so ties and exact zeros are common.
+    Ties,
+}
+
+/// A generated program and what it needs.
+pub struct Generated {
+    pub source: String,
+    pub dims: BTreeMap<String, i64>,
+    pub mode: DataMode,
+    pub param: Option<f64>,
+    /// Whether the program is free of kinks (abs, relu, min/max, clamp, sort), so that a
+    /// finite-difference check is meaningful.
+    pub smooth: bool,
+    pub data_seed: u64,
+}
+
+struct Gen<'c, 'a> {
+    c: &'c mut Choices<'a>,
+    lets: Vec<(String, Ty)>,
+    body: String,
+    smooth: bool,
+    has_table: bool,
+    has_scalar_state: bool,
+    has_counter: bool,
+    budget: usize,
+}
+
+impl Gen<'_, '_> {
+    fn pick_var(&mut self, t: Ty) -> Option<String> {
+        let vs: Vec<&String> = self
+            .lets
+            .iter()
+            .filter(|(_, ty)| *ty == t)
+            .map(|(n, _)| n)
+            .collect();
+        if vs.is_empty() {
+            return None;
+        }
+        let i = self.c.below(vs.len());
+        Some(vs[i].clone())
+    }
+
+    fn constant(&mut self) -> String {
+        const CS: [&str; 10] = [
+            "0.5", "2.0", "1.0", "0.1", "3.0", "0.0", "1e-3", "0.25", "4.0", "1.5",
+        ];
+        CS[self.c.below(CS.len())].to_string()
+    }
+
+    fn leaf(&mut self, t: Ty) -> String {
+        if self.c.chance(90)
+            && let Some(v) = self.pick_var(t)
+        {
+            return v;
+        }
+        match t {
+            Ty::Mat => match self.c.below(4) {
+                0 | 1 => "x".into(),
+                2 => "one_hot(t, C)".into(),
+                _ => "f32(m)[:, None] * x".into(),
+            },
+            Ty::Vec => match self.c.below(6) {
+                0..=2 => "y".into(),
+                3 => "f32(m)".into(),
+                4 if self.has_table => "take(tab, ids)".into(),
+                _ => "take(x, t, axis=1)".into(),
+            },
+            Ty::Sc => match self.c.below(6) {
+                0 => "p0".into(),
+                1 if self.has_scalar_state => "s".into(),
+                2 if self.has_counter => "f32(k)".into(),
+                _ => self.constant(),
+            },
+        }
+    }
+
+    fn cond(&mut self, t: Ty) -> String {
+        match (t, self.c.below(3)) {
+            (Ty::Vec, 0) => "m".into(),
+            (Ty::Mat, 0) => "m[:, None]".into(),
+            _ => {
+                let a = self.expr(t, 1);
+                let b = self.expr(t, 1);
+                const OPS: [&str; 4] = [">", "<=", ">=", "<"];
+                format!("({a} {} {b})", OPS[self.c.below(4)])
+            }
+        }
+    }
+
+    fn expr(&mut self, t: Ty, depth: usize) -> String {
+        if self.budget == 0 || depth == 0 || self.c.chance(40) {
+            return self.leaf(t);
+        }
+        self.budget -= 1;
+        let d = depth - 1;
+        match self.c.below(14) {
+            0 => {
+                const SMOOTH: [&str; 6] = ["tanh", "sigmoid", "log_sigmoid", "softplus", "sin", "cos"];
+                let f = SMOOTH[self.c.below(SMOOTH.len())];
+                format!("{f}({})", self.expr(t, d))
+            }
+            1 => {
+                const KINK: [&str; 2] = ["abs", "relu"];
+                self.smooth = false;
+                let f = KINK[self.c.below(2)];
+                format!("{f}({})", self.expr(t, d))
+            }
+            2 => {
+                let a = self.expr(t, d);
+                match self.c.below(4) {
+                    0 => format!("exp(tanh({a}))"),
+                    1 => format!("log1p({a} * {a})"),
+                    2 => format!("sqrt({a} * {a} + 1.0)"),
+                    _ => format!("({a}) ** 2"),
+                }
+            }
+            3 | 4 => {
+                let a = self.expr(t, d);
+                let b = self.expr(t, d);
+                const OPS: [&str; 3] = ["+", "-", "*"];
+                format!("({a} {} {b})", OPS[self.c.below(3)])
+            }
+            5 => {
+                let a = self.expr(t, d);
+                let b = self.expr(t, d);
+                format!("({a} / (1.0 + {b} * {b}))")
+            }
+            6 => {
+                // Broadcasting: a lower-rank operand.
+                let lower = match t {
+                    Ty::Mat => {
+                        if self.c.chance(128) {
+                            format!("{}[:, None]", self.expr(Ty::Vec, d))
+                        } else {
+                            self.expr(Ty::Sc, d)
+                        }
+                    }
+                    Ty::Vec | Ty::Sc => self.expr(Ty::Sc, d),
+                };
+                let a = self.expr(t, d);
+                const OPS: [&str; 3] = ["+", "-", "*"];
+                format!("({a} {} {lower})", OPS[self.c.below(3)])
+            }
+            7 => {
+                self.smooth = false;
+                let a = self.expr(t, d);
+                let b = self.expr(t, d);
+                match self.c.below(3) {
+                    0 => format!("minimum({a}, {b})"),
+                    1 => format!("maximum({a}, {b})"),
+                    _ => format!("clamp({a}, -1.0, 1.0)"),
+                }
+            }
+            8 => {
+                let c = self.cond(t);
+                let a = self.expr(t, d);
+                let b = self.expr(t, d);
+                format!("where({c}, {a}, {b})")
+            }
+            9 => format!("stop_grad({})", self.expr(t, d)),
+            10 => self.reduce_into(t, d),
+            11 => match t {
+                Ty::Mat => {
+                    let a = self.expr(Ty::Mat, d);
+                    match self.c.below(3) {
+                        0 => format!("softmax({a}, axis=1)"),
+                        1 => format!("log_softmax({a}, axis=1)"),
+                        _ => format!("normalize({a}, axis=1)"),
+                    }
+                }
+                Ty::Vec => {
+                    let a = self.expr(Ty::Vec, d);
+                    match self.c.below(3) {
+                        0 => format!("cumsum({a}, axis=0)"),
+                        1 => {
+                            self.smooth = false;
+                            format!("sort({a})")
+                        }
+                        _ => format!("softmax({a}, axis=0)"),
+                    }
+                }
+                Ty::Sc => self.reduce_into(Ty::Sc, d),
+            },
+            12 => {
+                // `if` on a param or on the step counter: a scalar condition.
+                let cond = if self.has_counter && self.c.chance(128) {
+                    "k > 0".to_string()
+                } else {
+                    "p0 > 0.3".to_string()
+                };
+                let a = self.expr(t, d);
+                let b = self.expr(t, d);
+                format!("(if {cond} {{ {a} }} else {{ {b} }})")
+            }
+            _ => match t {
+                Ty::Vec => {
+                    let m = self.expr(Ty::Mat, d);
+                    format!("take({m}, t, axis=1)")
+                }
+                _ => {
+                    let a = self.expr(t, d);
+                    format!("(-{a})")
+                }
+            },
+        }
+    }
+
+    /// A reduction whose result has type `t`.
+    fn reduce_into(&mut self, t: Ty, d: usize) -> String {
+        let (src, axis) = match t {
+            Ty::Mat => return self.expr(Ty::Mat, d),
+            Ty::Vec => (self.expr(Ty::Mat, d), ", axis=1"),
+            Ty::Sc => {
+                if self.c.chance(128) {
+                    (self.expr(Ty::Vec, d), "")
+                } else {
+                    (self.expr(Ty::Mat, d), "")
+                }
+            }
+        };
+        const R: [&str; 6] = ["sum", "mean", "logsumexp", "max", "min", "norm"];
+        let r = R[self.c.below(R.len())];
+        if matches!(r, "max" | "min" | "norm") {
+            self.smooth = false;
+        }
+        format!("{r}({src}{axis})")
+    }
+}
+
+/// Generates a program and its data description from `bytes`.
+pub fn generate(bytes: &[u8]) -> Generated {
+    let mut c = Choices::new(bytes);
+    let n = c.below(6) as i64; // N = 0 is an empty batch
+    let cc = 1 + c.below(4) as i64;
+    let has_table = c.chance(70);
+    let has_scalar_state = c.chance(100);
+    let has_counter = c.chance(80);
+    let mode = match c.below(4) {
+        0 => DataMode::Extreme,
+        1 => DataMode::Ties,
+        _ => DataMode::Normal,
+    };
+    let param = if c.chance(60) {
+        Some([0.0, 0.2, 0.5, 1.0, -1.0][c.below(5)])
+    } else {
+        None
+    };
+    let mut g = Gen {
+        c: &mut c,
+        lets: vec![],
+        body: String::new(),
+        smooth: true,
+        has_table,
+        has_scalar_state,
+        has_counter,
+        budget: 40,
+    };
+    let nlets = g.c.below(5);
+    for i in 0..nlets {
+        let t = [Ty::Mat, Ty::Vec, Ty::Sc][g.c.below(3)];
+        let e = g.expr(t, 4);
+        let _ = writeln!(g.body, "    let v{i} = {e}");
+        g.lets.push((format!("v{i}"), t));
+    }
+    let mut tail = String::new();
+    if g.c.chance(100) {
+        let e = g.expr(Ty::Sc, 3);
+        let _ = writeln!(tail, "    report r0 = {e}");
+    }
+    if g.c.chance(60) {
+        let e = g.expr(Ty::Vec, 3);
+        let _ = writeln!(tail, "    report r1 = {e}");
+    }
+    if has_scalar_state {
+        let e = g.expr(Ty::Sc, 3);
+        let _ = writeln!(tail, "    s <- 0.9 * s + 0.1 * tanh({e})");
+    }
+    if has_counter {
+        let _ = writeln!(tail, "    k <- k + 1");
+    }
+    if has_table {
+        let e = g.expr(Ty::Vec, 3);
+        let _ = writeln!(tail, "    tab[ids] <- tanh({e})");
+    }
+    let lv = g.expr(Ty::Vec, 4);
+    let lm = g.expr(Ty::Mat, 4);
+    let ls = g.expr(Ty::Sc, 3);
+    let _ = writeln!(
+        tail,
+        "    sum({lv}) + mean({lm}) + {ls} + 1e-3 * (sum(x) + sum(y))"
+    );
+    let smooth = g.smooth;
+    let body = std::mem::take(&mut g.body);
+    let mut src = String::from("loss fz(x: f32[N, C] diff, y: f32[N] diff, t: i64[N], m: bool[N]");
+    if has_table {
+        src.push_str(", ids: i64[N]");
+    }
+    src.push_str(") -> f32 {\n    param p0: f32 = 0.5\n");
+    if has_scalar_state {
+        src.push_str("    state s: f32 = 0.25\n");
+    }
+    if has_counter {
+        src.push_str("    state k: i64 = 0\n");
+    }
+    if has_table {
+        src.push_str("    state tab: f32[M] = 0.5\n");
+    }
+    src.push_str(&body);
+    src.push_str(&tail);
+    src.push_str("}\n");
+    let mut dims = BTreeMap::new();
+    dims.insert("N".to_string(), n);
+    dims.insert("C".to_string(), cc);
+    if has_table {
+        dims.insert("M".to_string(), n + c.below(4) as i64);
+    }
+    Generated {
+        source: src,
+        dims,
+        mode,
+        param,
+        smooth,
+        data_seed: c.rest_seed(),
+    }
+}
+
+fn float_value(rng: &mut Rng, mode: DataMode) -> f64 {
+    let v = match mode {
+        DataMode::Normal => rng.normal(),
+        DataMode::Extreme => match rng.below(8) {
+            0 => 1e4,
+            1 => -1e4,
+            2 => 30.0,
+            3 => -30.0,
+            4 => 0.0,
+            _ => rng.normal(),
+        },
+        DataMode::Ties => (rng.normal() * 2.0).round() * 0.5,
+    };
+    f64::from(v as f32)
+}
+
+/// Inputs for a generated program (labels below C, distinct ids below M).
+pub fn make_inputs(gen: &Generated) -> Vec<(String, Tensor)> {
+    let n = gen.dims["N"] as usize;
+    let c = gen.dims["C"] as usize;
+    let mut rng = Rng::new(gen.data_seed);
+    let x: Vec<f64> = (0..n * c).map(|_| float_value(&mut rng, gen.mode)).collect();
+    let y: Vec<f64> = (0..n).map(|_| float_value(&mut rng, gen.mode)).collect();
+    let t: Vec<i64> = (0..n).map(|_| rng.below(c as u64) as i64).collect();
+    let m: Vec<bool> = (0..n).map(|_| rng.next_u64() & 1 == 1).collect();
+    let mut out = vec![
+        ("x".to_string(), Tensor::from_f64(DType::F32, vec![n, c], x)),
+        ("y".to_string(), Tensor::from_f64(DType::F32, vec![n], y)),
+        ("t".to_string(), Tensor::from_i64(vec![n], t)),
+        ("m".to_string(), Tensor::from_bool(vec![n], m)),
+    ];
+    if let Some(&mm) = gen.dims.get("M") {
+        let mut pool: Vec<i64> = (0..mm).collect();
+        for i in 0..n {
+            let j = i + rng.below((pool.len() - i) as u64) as usize;
+            pool.swap(i, j);
+        }
+        pool.truncate(n);
+        out.push(("ids".to_string(), Tensor::from_i64(vec![n], pool)));
+    }
+    out
+}
+
+/// Whether two values agree: equal non-finite values, or `|a - b| <= atol + rtol |b|`.
+pub fn close(a: f64, b: f64, rtol: f64, atol: f64) -> bool {
+    if a.is_nan() || b.is_nan() {
+        return a.is_nan() && b.is_nan();
+    }
+    if a.is_infinite() || b.is_infinite() {
+        return a == b;
+    }
+    (a - b).abs() <= atol + rtol * b.abs()
+}
+
+/// Compares two tensors elementwise; `None` when they agree. `atol` is scaled by the
+/// largest finite magnitude of `want` (at least 1).
+pub fn compare(what: &str, got: &Tensor, want: &Tensor, rtol: f64, atol: f64) -> Option<String> {
+    if got.shape != want.shape {
+        return Some(format!(
+            "{what}: shape {:?}, expected {:?}",
+            got.shape, want.shape
+        ));
+    }
+    let (g, w) = (got.to_f64_vec(), want.to_f64_vec());
+    let scale = w
+        .iter()
+        .filter(|v| v.is_finite())
+        .fold(1.0f64, |m, v| m.max(v.abs()));
+    for (i, (a, b)) in g.iter().zip(&w).enumerate() {
+        if !close(*a, *b, rtol, atol * scale) {
+            return Some(format!(
+                "{what}[{i}]: {a:e}, expected {b:e} (rtol {rtol:e}, atol {:e})",
+                atol * scale
+            ));
+        }
+    }
+    None
+}
+
+/// Results of one call of a graph, evaluated raw: loss, reports, new state (full
+/// values, in state order), gradients.
+struct Raw {
+    loss: Tensor,
+    reports: Vec<Tensor>,
+    state: Vec<Tensor>,
+    grads: Vec<Tensor>,
+}
+
+fn eval_raw(g: &Graph, env: &Env, with_grads: bool) -> Result<Raw, String> {
+    let mut roots: Vec<Handle> = vec![g.loss()];
+    roots.extend(g.reports.iter().map(|(_, h)| *h));
+    roots.extend(g.updates.iter().map(|u| u.value));
+    if with_grads {
+        roots.extend(g.grads.iter().map(|(_, h)| *h));
+    }
+    let vals = eval(g, env, &roots).map_err(|e| format!("{:?}", e.error))?;
+    let mut it = vals.into_iter();
+    let loss = it.next().ok_or("no loss")?;
+    let reports: Vec<Tensor> = g.reports.iter().filter_map(|_| it.next()).collect();
+    let mut state = env.state.clone();
+    for u in &g.updates {
+        state[u.state] = it.next().ok_or("missing update")?;
+    }
+    let grads: Vec<Tensor> = if with_grads {
+        g.grads.iter().filter_map(|_| it.next()).collect()
+    } else {
+        vec![]
+    };
+    Ok(Raw {
+        loss,
+        reports,
+        state,
+        grads,
+    })
+}
+
+/// What the differential check concluded.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Every comparison agreed (how many backends besides the interpreter ran, and
+    /// whether the finite-difference check ran).
+    Agreed { backends: usize, gradchecked: bool },
+    /// The data hit a data-dependent error on the interpreter (not a finding when
+    /// every graph and backend reports it too).
+    DataError,
+}
+
+/// A disagreement or an unexpected rejection, with everything needed to reproduce it.
+#[derive(Debug)]
+pub struct Finding {
+    pub what: String,
+    pub source: String,
+    pub dims: BTreeMap<String, i64>,
+}
+
+impl std::fmt::Display for Finding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}\n--- dims {:?}\n--- program\n{}",
+            self.what, self.dims, self.source
+        )
+    }
+}
+
+/// The backends besides the interpreter that this build contains.
+pub fn other_backends() -> Vec<Backend> {
+    [Backend::Jit, Backend::Candle]
+        .into_iter()
+        .filter(|b| losslang_runtime::backends::available(*b))
+        .collect()
+}
+
+/// Generates a program from `bytes` and runs every differential check on it.
+pub fn differential(bytes: &[u8]) -> Result<Outcome, Finding> {
+    let gen = generate(bytes);
+    check_program(&gen)
+}
+
+/// Runs the differential checks on a generated (or stored regression) program.
+pub fn check_program(gen: &Generated) -> Result<Outcome, Finding> {
+    let finding = |what: String| Finding {
+        what,
+        source: gen.source.clone(),
+        dims: gen.dims.clone(),
+    };
+    let p = compile(
+        Source {
+            name: "fz.loss".into(),
+            text: gen.source.clone(),
+        },
+        &NoLoader,
+        &CompileOptions::default(),
+    )
+    .map_err(|f| {
+        finding(format!(
+            "the checker rejected a generated (valid) program: {}",
+            f.diags
+                .iter()
+                .filter(|d| d.is_error())
+                .map(|d| format!("{}: {}", d.code, d.message))
+                .collect::<Vec<_>>()
+                .join("; ")
+        ))
+    })?;
+    let mut call = Call {
+        inputs: make_inputs(gen),
+        dims: gen.dims.clone(),
+        grads: true,
+        ..Call::default()
+    };
+    if !gen.dims.contains_key("M") {
+        call.dims.remove("M");
+    }
+    if let Some(v) = gen.param {
+        call.params.push(("p0".into(), Scalar::F(v)));
+    }
+    let env0 = p
+        .bind(&call)
+        .map_err(|e| finding(format!("bind failed on valid data: {}", e.message)))?;
+
+    // 1. Interpreter: the gradient graph as built vs the optimised graph, two calls.
+    let mut env_grad = env0.clone();
+    let mut env_opt = env0.clone();
+    for step in 0..2 {
+        let a = eval_raw(&p.grad, &env_grad, true);
+        let b = eval_raw(&p.opt, &env_opt, true);
+        let (a, b) = match (a, b) {
+            (Ok(a), Ok(b)) => (a, b),
+            (Err(_), Err(_)) => return Ok(Outcome::DataError),
+            (Err(e), Ok(_)) => {
+                return Err(finding(format!(
+                    "step {step}: the unoptimised graph fails ({e}) but the optimised one runs"
+                )));
+            }
+            (Ok(_), Err(e)) => {
+                return Err(finding(format!(
+                    "step {step}: the optimised graph fails ({e}) but the unoptimised one runs"
+                )));
+            }
+        };
+        let (rt, at) = (1e-9, 1e-12);
+        let mut diffs = vec![];
+        diffs.extend(compare("loss", &b.loss, &a.loss, rt, at));
+        for (i, (x, y)) in b.reports.iter().zip(&a.reports).enumerate() {
+            diffs.extend(compare(&format!("report {i}"), x, y, rt, at));
+        }
+        for (i, (x, y)) in b.state.iter().zip(&a.state).enumerate() {
+            diffs.extend(compare(&format!("state {i}"), x, y, rt, at));
+        }
+        for (i, (x, y)) in b.grads.iter().zip(&a.grads).enumerate() {
+            diffs.extend(compare(&format!("grad {i}"), x, y, rt, at));
+        }
+        if b.grads.len() != a.grads.len() || b.state.len() != a.state.len() {
+            diffs.push("different numbers of results".into());
+        }
+        if !diffs.is_empty() {
+            return Err(finding(format!(
+                "step {step}: Program.opt disagrees with Program.grad on the interpreter: {}",
+                diffs.join("; ")
+            )));
+        }
+        // The forward graph alone gives the same loss and state.
+        if step == 0 {
+            let f = eval_raw(&p.ir, &env0, false)
+                .map_err(|e| finding(format!("Program.ir fails ({e}) where Program.opt runs")))?;
+            let mut d = vec![];
+            d.extend(compare("loss", &b.loss, &f.loss, rt, at));
+            for (i, (x, y)) in b.state.iter().zip(&f.state).enumerate() {
+                d.extend(compare(&format!("state {i}"), x, y, rt, at));
+            }
+            if !d.is_empty() {
+                return Err(finding(format!(
+                    "Program.opt disagrees with the forward graph Program.ir: {}",
+                    d.join("; ")
+                )));
+            }
+        }
+        env_grad.state = a.state;
+        env_opt.state = b.state;
+    }
+
+    // 2. Every other backend against the interpreter (through `run_with`, as lossc does).
+    let others = other_backends();
+    for b in &others {
+        let exec = losslang_runtime::backends::executor(*b, &p, "cpu")
+            .map_err(|e| finding(format!("no executor for {b:?}: {}", e.message)))?;
+        let mut env_i = env0.clone();
+        let mut env_b = env0.clone();
+        for step in 0..2 {
+            let want = p.run_with(&Interp, &env_i, true, false);
+            let got = p.run_with(exec.as_ref(), &env_b, true, false);
+            let (want, got) = match (want, got) {
+                (Ok(w), Ok(g)) => (w, g),
+                (Err(_), Err(_)) => break,
+                (Err(e), Ok(_)) => {
+                    return Err(finding(format!(
+                        "step {step}: the interpreter fails ({}) but {} runs",
+                        e.message,
+                        exec.name()
+                    )));
+                }
+                (Ok(_), Err(e)) => {
+                    return Err(finding(format!(
+                        "step {step}: {} fails ({}) but the interpreter runs",
+                        exec.name(),
+                        e.message
+                    )));
+                }
+            };
+            let mut d = vec![];
+            if !close(got.loss, want.loss, 2e-4, 2e-4) {
+                d.push(format!("loss {} vs {}", got.loss, want.loss));
+            }
+            for ((n, x), (_, y)) in got.grads.iter().zip(&want.grads) {
+                d.extend(compare(&format!("grad {n}"), x, y, 1e-3, 1e-5));
+            }
+            for ((n, x), (_, y)) in got.state.iter().zip(&want.state) {
+                d.extend(compare(&format!("state {n}"), x, y, 2e-4, 2e-4));
+            }
+            for ((n, x), (_, y)) in got.reports.iter().zip(&want.reports) {
+                d.extend(compare(&format!("report {n}"), x, y, 2e-4, 2e-4));
+            }
+            if !d.is_empty() {
+                return Err(finding(format!(
+                    "step {step}: {} disagrees with the interpreter: {}",
+                    exec.name(),
+                    d.join("; ")
+                )));
+            }
+            for (k, (_, v)) in want.state.into_iter().enumerate() {
+                env_i.state[k] = v;
+            }
+            for (k, (_, v)) in got.state.into_iter().enumerate() {
+                env_b.state[k] = v;
+            }
+        }
+    }
+
+    // 3. Finite differences, where they mean something.
+    let mut gradchecked = false;
+    if gen.smooth && gen.mode == DataMode::Normal {
+        let base = eval_raw(&p.opt, &env0, true).map_err(|e| finding(e.to_string()))?;
+        let tame = |t: &Tensor| t.to_f64_vec().iter().all(|v| v.is_finite() && v.abs() < 1e4);
+        if tame(&base.loss) && base.grads.iter().all(tame) {
+            let rep = losslang_compiler::gradcheck::gradcheck(&p, &env0, 16)
+                .map_err(|e| finding(format!("gradcheck failed to run: {}", e.message)))?;
+            gradchecked = true;
+            if !rep.passed() {
+                let bad: Vec<String> = rep
+                    .inputs
+                    .iter()
+                    .filter(|i| !i.passed)
+                    .map(|i| format!("{}: max abs error {:e} at {:?}", i.name, i.max_abs_err, i.worst))
+                    .collect();
+                return Err(finding(format!(
+                    "the gradient disagrees with finite differences: {}",
+                    bad.join("; ")
+                )));
+            }
+        }
+    }
+    Ok(Outcome::Agreed {
+        backends: others.len(),
+        gradchecked,
+    })
+}
