@@ -19,8 +19,17 @@ use std::time::Duration;
 fn program(rel: &str) -> Program {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(rel);
     let text = std::fs::read_to_string(&path).expect("bench source");
-    let name = path.file_name().expect("name").to_string_lossy().to_string();
-    compile(Source { name, text }, &FileLoader, &CompileOptions::default()).unwrap_or_else(|_| panic!("{rel} compiles"))
+    let name = path
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .to_string();
+    compile(
+        Source { name, text },
+        &FileLoader,
+        &CompileOptions::default(),
+    )
+    .unwrap_or_else(|_| panic!("{rel} compiles"))
 }
 
 fn dims(pairs: &[(&str, i64)]) -> BTreeMap<String, i64> {
@@ -28,21 +37,38 @@ fn dims(pairs: &[(&str, i64)]) -> BTreeMap<String, i64> {
 }
 
 /// Times every available backend on `p` with random inputs of `d`.
-fn backends(c: &mut Criterion, group: &str, p: &Program, d: &BTreeMap<String, i64>, interp_too: bool) {
+fn backends(
+    c: &mut Criterion,
+    group: &str,
+    p: &Program,
+    d: &BTreeMap<String, i64>,
+    interp_too: bool,
+) {
     let inputs = losslang_runtime::random::random_inputs(&p.opt, d, 0).expect("random inputs");
-    let call = Call { inputs, dims: d.clone(), grads: true, ..Call::default() };
+    let call = Call {
+        inputs,
+        dims: d.clone(),
+        grads: true,
+        ..Call::default()
+    };
     let env = p.bind(&call).expect("bind");
     let label: Vec<String> = d.iter().map(|(k, v)| format!("{k}={v}")).collect();
     let mut g = c.benchmark_group(group);
-    g.sample_size(10).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(3));
+    g.sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(3));
     for b in [Backend::Jit, Backend::Candle, Backend::Interp] {
         if !available(b) || (b == Backend::Interp && !interp_too) {
             continue;
         }
         let exec = executor(b, p, "cpu").expect("executor");
-        g.bench_with_input(BenchmarkId::new(b.name(), label.join(",")), &env, |bch, env| {
-            bch.iter(|| black_box(p.run_with(exec.as_ref(), env, true, false).expect("run")))
-        });
+        g.bench_with_input(
+            BenchmarkId::new(b.name(), label.join(",")),
+            &env,
+            |bch, env| {
+                bch.iter(|| black_box(p.run_with(exec.as_ref(), env, true, false).expect("run")))
+            },
+        );
     }
     g.finish();
 }
@@ -71,7 +97,15 @@ fn cw_ce_fused(x: &[f32], t: &[i64], n: usize, c: usize, grad: &mut [f32]) -> f3
 }
 
 /// Hand-written fused sigmoid focal loss (mean over N·C), value and gradient in one pass.
-fn focal_fused(x: &[f32], t: &[i64], n: usize, c: usize, gamma: f32, alpha: f32, grad: &mut [f32]) -> f32 {
+fn focal_fused(
+    x: &[f32],
+    t: &[i64],
+    n: usize,
+    c: usize,
+    gamma: f32,
+    alpha: f32,
+    grad: &mut [f32],
+) -> f32 {
     let mut loss = 0.0f64;
     let inv = 1.0 / (n * c) as f32;
     for i in 0..n {
@@ -112,7 +146,14 @@ fn check_fused_against_interpreter(cw: &Program, focal: &Program) {
     let t = rand_labels(n, k, 12);
     let call = Call {
         inputs: vec![
-            ("logits".into(), Tensor::from_f64(losslang_compiler::value::DType::F32, vec![n, k], x.iter().map(|v| f64::from(*v)).collect())),
+            (
+                "logits".into(),
+                Tensor::from_f64(
+                    losslang_compiler::value::DType::F32,
+                    vec![n, k],
+                    x.iter().map(|v| f64::from(*v)).collect(),
+                ),
+            ),
             ("target".into(), Tensor::from_i64(vec![n], t.clone())),
         ],
         grads: true,
@@ -121,11 +162,24 @@ fn check_fused_against_interpreter(cw: &Program, focal: &Program) {
     for (p, fused) in [(cw, 0), (focal, 1)] {
         let out = p.run(&call).expect("interpreter run");
         let mut grad = vec![0.0f32; n * k];
-        let l = if fused == 0 { cw_ce_fused(&x, &t, n, k, &mut grad) } else { focal_fused(&x, &t, n, k, 2.0, 0.25, &mut grad) };
-        assert!((f64::from(l) - out.loss).abs() < 1e-4 * out.loss.abs().max(1.0), "{}: fused loss {l} vs {}", p.opt.name, out.loss);
+        let l = if fused == 0 {
+            cw_ce_fused(&x, &t, n, k, &mut grad)
+        } else {
+            focal_fused(&x, &t, n, k, 2.0, 0.25, &mut grad)
+        };
+        assert!(
+            (f64::from(l) - out.loss).abs() < 1e-4 * out.loss.abs().max(1.0),
+            "{}: fused loss {l} vs {}",
+            p.opt.name,
+            out.loss
+        );
         let want = out.grads[0].1.to_f64_vec();
         for (a, b) in grad.iter().zip(&want) {
-            assert!((f64::from(*a) - b).abs() < 1e-5 + 1e-3 * b.abs(), "{}: fused gradient {a} vs {b}", p.opt.name);
+            assert!(
+                (f64::from(*a) - b).abs() < 1e-5 + 1e-3 * b.abs(),
+                "{}: fused gradient {a} vs {b}",
+                p.opt.name
+            );
         }
     }
 }
@@ -140,17 +194,23 @@ fn row_losses(c: &mut Criterion) {
         let t = rand_labels(n, k, 2);
         let mut grad = vec![0.0f32; n * k];
         let mut g = c.benchmark_group("cw_ce");
-        g.sample_size(10).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(3));
-        g.bench_function(BenchmarkId::new("fused_rust", format!("C={k},N={n}")), |b| {
-            b.iter(|| black_box(cw_ce_fused(&x, &t, n, k, &mut grad)))
-        });
+        g.sample_size(10)
+            .warm_up_time(Duration::from_millis(500))
+            .measurement_time(Duration::from_secs(3));
+        g.bench_function(
+            BenchmarkId::new("fused_rust", format!("C={k},N={n}")),
+            |b| b.iter(|| black_box(cw_ce_fused(&x, &t, n, k, &mut grad))),
+        );
         g.finish();
         backends(c, "cw_ce", &cw, &d, interp);
         let mut g = c.benchmark_group("focal");
-        g.sample_size(10).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(3));
-        g.bench_function(BenchmarkId::new("fused_rust", format!("C={k},N={n}")), |b| {
-            b.iter(|| black_box(focal_fused(&x, &t, n, k, 2.0, 0.25, &mut grad)))
-        });
+        g.sample_size(10)
+            .warm_up_time(Duration::from_millis(500))
+            .measurement_time(Duration::from_secs(3));
+        g.bench_function(
+            BenchmarkId::new("fused_rust", format!("C={k},N={n}")),
+            |b| b.iter(|| black_box(focal_fused(&x, &t, n, k, 2.0, 0.25, &mut grad))),
+        );
         g.finish();
         backends(c, "focal", &focal, &d, interp);
     }
@@ -169,10 +229,16 @@ fn weighted_cox(c: &mut Criterion) {
 /// Parse → checked, differentiated, optimised program, for every stdlib file.
 fn compile_latency(c: &mut Criterion) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../stdlib");
-    let mut files: Vec<_> = std::fs::read_dir(&dir).expect("stdlib").filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|e| e == "loss")).collect();
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .expect("stdlib")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "loss"))
+        .collect();
     files.sort();
     let mut g = c.benchmark_group("compile");
-    g.sample_size(10).warm_up_time(Duration::from_millis(200)).measurement_time(Duration::from_millis(600));
+    g.sample_size(10)
+        .warm_up_time(Duration::from_millis(200))
+        .measurement_time(Duration::from_millis(600));
     for f in files {
         let text = std::fs::read_to_string(&f).expect("source");
         if losslang_compiler::sema::scope::is_module(&text) {
@@ -180,7 +246,19 @@ fn compile_latency(c: &mut Criterion) {
         }
         let name = f.file_stem().expect("stem").to_string_lossy().to_string();
         g.bench_function(name.clone(), |b| {
-            b.iter(|| black_box(compile(Source { name: name.clone(), text: text.clone() }, &FileLoader, &CompileOptions::default()).is_ok()))
+            b.iter(|| {
+                black_box(
+                    compile(
+                        Source {
+                            name: name.clone(),
+                            text: text.clone(),
+                        },
+                        &FileLoader,
+                        &CompileOptions::default(),
+                    )
+                    .is_ok(),
+                )
+            })
         });
     }
     g.finish();

@@ -525,7 +525,7 @@ impl<'a, 'f> Em<'a, 'f> {
         let off = self.f(self.c.shifter + self.c.bias as f64);
         let t = self.add(k, off);
         let bits = self.to_bits(t);
-        let e = self.b.ins().ishl_imm_u(bits, self.c.mbits as u64);
+        let e = self.b.ins().ishl_imm_u(bits, self.c.mbits);
         self.from_bits(e)
     }
 
@@ -616,7 +616,7 @@ impl<'a, 'f> Em<'a, 'f> {
         let ix = self.to_bits(x);
         let add = self.i(c.log_add);
         let u = self.b.ins().iadd(ix, add);
-        let eb = self.b.ins().ushr_imm_u(u, c.mbits as u64);
+        let eb = self.b.ins().ushr_imm_u(u, c.mbits);
         let mask = self.i(c.log_mant_mask);
         let mant = self.b.ins().band(u, mask);
         let sqh = self.i(c.log_sqrt_half);

@@ -118,7 +118,7 @@ impl Jit {
             let y = emit_unary_with(&mut b, op, x, opts).expect("op is inline");
             let da = b.ins().iadd(dst, i);
             b.ins().store(flags, y, da, 0);
-            let next = b.ins().iadd_imm(i, i64::from(ty.bytes()));
+            let next = b.ins().iadd_imm_s(i, i64::from(ty.bytes()));
             b.ins().jump(head, &[next.into()]);
 
             b.switch_to_block(exit);

@@ -1,0 +1,1508 @@
+//! Lowering of one scheduled kernel to a Cranelift function.
+//!
+//! A node's value at a multi-index is either loaded from its slot or, for an
+//! inline node, computed from its arguments' values at the mapped indices
+//! (`compute`, one arm per op). Values are remembered per loop scope, so a
+//! node used twice in a loop body is computed once, and a row statistic
+//! computed in an outer loop is a register for every inner loop after it.
+
+use crate::abi::{CTX_BUFS, CTX_DIMS, CTX_FAULTS, FAULT_DIV_ZERO, FAULT_INDEX, Storage};
+use crate::loops::Loop;
+use crate::math;
+use crate::runtime::{self, Arg};
+use crate::schedule::{Kernel, Place, Schedule, Stage, kernel_dims, kernel_slots};
+use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
+use cranelift_codegen::ir::{
+    AbiParam, BlockArg, FuncRef, Function, InstBuilder, MemFlagsData, Signature, Type, Value, types,
+};
+use cranelift_codegen::isa::{CallConv, TargetFrontendConfig};
+use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
+use losslang_compiler::dim::Dim;
+use losslang_compiler::ir::{Graph, Handle};
+use losslang_compiler::ops::{BinaryOp, Op, RandKind, ReduceKind, Scalar, UnaryOp};
+use losslang_compiler::value::DType;
+use std::collections::HashMap;
+
+/// Resolves a runtime function to a callee of the function being built: a
+/// module import when JIT-compiling, a named test-case reference for text.
+pub trait Linker {
+    fn import(&mut self, func: &mut Function, name: &'static str, sig: Signature) -> FuncRef;
+}
+
+/// Target choices that the lowering needs.
+#[derive(Clone, Copy, Debug)]
+pub struct Target {
+    pub call_conv: CallConv,
+    pub frontend: TargetFrontendConfig,
+    pub math: math::MathOptions,
+}
+
+/// `fn(ctx: *const Ctx, lo: i64, hi: i64)`.
+pub fn kernel_signature(ptr: Type, cc: CallConv) -> Signature {
+    let mut s = Signature::new(cc);
+    s.params.push(AbiParam::new(ptr));
+    s.params.push(AbiParam::new(types::I64));
+    s.params.push(AbiParam::new(types::I64));
+    s
+}
+
+pub fn clif_type(d: DType) -> Type {
+    match d {
+        DType::F32 => types::F32,
+        DType::F64 => types::F64,
+        DType::I64 => types::I64,
+        DType::Bool => types::I8,
+    }
+}
+
+fn storage_type(s: Storage) -> Type {
+    match s {
+        Storage::F32 => types::F32,
+        Storage::F64 => types::F64,
+        Storage::I64 => types::I64,
+        Storage::U8 => types::I8,
+    }
+}
+
+type Key = (Handle, Vec<Value>);
+
+struct Lower<'a, 'f> {
+    g: &'a Graph,
+    s: &'a Schedule,
+    b: FunctionBuilder<'f>,
+    linker: &'a mut dyn Linker,
+    target: Target,
+    ptr: Type,
+    dims: HashMap<Dim, Value>,
+    consts: HashMap<Value, i64>,
+    bases: HashMap<usize, Value>,
+    strides: HashMap<usize, Vec<Value>>,
+    zero: Value,
+    faults: Value,
+    scopes: Vec<HashMap<Key, Value>>,
+    funcs: HashMap<&'static str, FuncRef>,
+}
+
+/// Builds kernel `ki` of `s` into `func`.
+pub fn lower_kernel(
+    g: &Graph,
+    s: &Schedule,
+    ki: usize,
+    func: &mut Function,
+    fctx: &mut FunctionBuilderContext,
+    linker: &mut dyn Linker,
+    target: Target,
+) {
+    let ptr = target.frontend.pointer_type();
+    func.signature = kernel_signature(ptr, target.call_conv);
+    let mut b = FunctionBuilder::new(func, fctx);
+    let entry = b.create_block();
+    b.append_block_params_for_function_params(entry);
+    b.switch_to_block(entry);
+    b.seal_block(entry);
+    let params = b.block_params(entry).to_vec();
+    let (ctx, lo, hi) = (params[0], params[1], params[2]);
+    let word = i32::from(ptr.bytes() as u8);
+    let table = MemFlagsData::trusted().with_readonly();
+    let k: &Kernel = &s.kernels[ki];
+    let kdims = kernel_dims(g, s, k);
+    let kslots = kernel_slots(g, s, k);
+    let faults = b.ins().load(ptr, table, ctx, CTX_FAULTS * word);
+    let zero = b.ins().iconst(types::I64, 0);
+    let mut lw = Lower {
+        g,
+        s,
+        b,
+        linker,
+        target,
+        ptr,
+        dims: HashMap::new(),
+        consts: HashMap::from([(zero, 0)]),
+        bases: HashMap::new(),
+        strides: HashMap::new(),
+        zero,
+        faults,
+        scopes: vec![HashMap::new()],
+        funcs: HashMap::new(),
+    };
+    if kdims.iter().any(|d| d.as_const().is_none()) {
+        let dp = lw.b.ins().load(ptr, table, ctx, CTX_DIMS * word);
+        for d in kdims.iter().filter(|d| d.as_const().is_none()) {
+            let off = (s.dim_index(d) * 8) as i32;
+            let v = lw.b.ins().load(types::I64, table, dp, off);
+            lw.dims.insert(d.clone(), v);
+        }
+    }
+    for d in kdims.iter() {
+        if let Some(c) = d.as_const() {
+            let v = lw.iconst(c);
+            lw.dims.insert(d.clone(), v);
+        }
+    }
+    if !kslots.is_empty() {
+        let bp = lw.b.ins().load(ptr, table, ctx, CTX_BUFS * word);
+        for &sl in &kslots {
+            let base = lw.b.ins().load(ptr, table, bp, (sl as i32) * word);
+            lw.bases.insert(sl, base);
+        }
+        for &sl in &kslots {
+            let shape = s.slots[sl].shape.clone();
+            let st = lw.row_major_strides(&shape);
+            lw.strides.insert(sl, st);
+        }
+    }
+    lw.emit_kernel(k, lo, hi);
+    lw.b.ins().return_(&[]);
+    let frontend = lw.target.frontend;
+    lw.b.finalize(frontend);
+}
+
+impl Lower<'_, '_> {
+    // ---- integers and dims
+
+    fn iconst(&mut self, v: i64) -> Value {
+        let x = self.b.ins().iconst(types::I64, v);
+        self.consts.insert(x, v);
+        x
+    }
+
+    fn cval(&self, v: Value) -> Option<i64> {
+        self.consts.get(&v).copied()
+    }
+
+    fn imul(&mut self, a: Value, b: Value) -> Value {
+        match (self.cval(a), self.cval(b)) {
+            (Some(0), _) | (_, Some(0)) => self.zero,
+            (Some(1), _) => b,
+            (_, Some(1)) => a,
+            (Some(x), Some(y)) => self.iconst(x.wrapping_mul(y)),
+            _ => self.b.ins().imul(a, b),
+        }
+    }
+
+    fn iadd(&mut self, a: Value, b: Value) -> Value {
+        match (self.cval(a), self.cval(b)) {
+            (Some(0), _) => b,
+            (_, Some(0)) => a,
+            (Some(x), Some(y)) => self.iconst(x.wrapping_add(y)),
+            _ => self.b.ins().iadd(a, b),
+        }
+    }
+
+    fn isub(&mut self, a: Value, b: Value) -> Value {
+        match (self.cval(a), self.cval(b)) {
+            (_, Some(0)) => a,
+            (Some(x), Some(y)) => self.iconst(x.wrapping_sub(y)),
+            _ => self.b.ins().isub(a, b),
+        }
+    }
+
+    fn dim(&self, d: &Dim) -> Value {
+        *self
+            .dims
+            .get(d)
+            .unwrap_or_else(|| panic!("internal: dim `{d}` was not loaded"))
+    }
+
+    fn row_major_strides(&mut self, shape: &[Dim]) -> Vec<Value> {
+        let mut st = vec![self.zero; shape.len()];
+        let mut acc = self.iconst(1);
+        for i in (0..shape.len()).rev() {
+            st[i] = acc;
+            let d = self.dim(&shape[i]);
+            acc = self.imul(acc, d);
+        }
+        st
+    }
+
+    /// Row-major flat position of `idx` in `shape`.
+    fn flat(&mut self, idx: &[Value], shape: &[Dim]) -> Value {
+        let mut acc = self.zero;
+        for (i, d) in idx.iter().zip(shape) {
+            let dv = self.dim(d);
+            let t = self.imul(acc, dv);
+            acc = self.iadd(t, *i);
+        }
+        acc
+    }
+
+    fn numel(&mut self, shape: &[Dim]) -> Value {
+        let mut acc = self.iconst(1);
+        for d in shape {
+            let dv = self.dim(d);
+            acc = self.imul(acc, dv);
+        }
+        acc
+    }
+
+    // ---- memory
+
+    fn slot_type(&self, sl: usize) -> Type {
+        storage_type(self.s.slots[sl].storage)
+    }
+
+    fn elem_addr(&mut self, sl: usize, off: Value) -> Value {
+        let base = self.bases[&sl];
+        let bytes = self.s.slots[sl].storage.bytes() as i64;
+        if self.cval(off) == Some(0) {
+            return base;
+        }
+        let scaled = match self.cval(off) {
+            Some(c) => self.iconst(c * bytes),
+            None if bytes == 1 => off,
+            None => self.b.ins().ishl_imm_u(off, bytes.trailing_zeros() as u64),
+        };
+        self.b.ins().iadd(base, scaled)
+    }
+
+    fn slot_addr(&mut self, sl: usize, idx: &[Value]) -> Value {
+        let st = self.strides[&sl].clone();
+        debug_assert_eq!(st.len(), idx.len(), "index rank matches the slot");
+        let mut off = self.zero;
+        for (i, s) in idx.iter().zip(st) {
+            let t = self.imul(*i, s);
+            off = self.iadd(off, t);
+        }
+        self.elem_addr(sl, off)
+    }
+
+    fn load(&mut self, sl: usize, idx: &[Value]) -> Value {
+        let ty = self.slot_type(sl);
+        let a = self.slot_addr(sl, idx);
+        self.b.ins().load(ty, MemFlagsData::trusted(), a, 0)
+    }
+
+    fn load_flat(&mut self, sl: usize, off: Value) -> Value {
+        let ty = self.slot_type(sl);
+        let a = self.elem_addr(sl, off);
+        self.b.ins().load(ty, MemFlagsData::trusted(), a, 0)
+    }
+
+    fn store(&mut self, sl: usize, idx: &[Value], v: Value) {
+        let a = self.slot_addr(sl, idx);
+        self.b.ins().store(MemFlagsData::trusted(), v, a, 0);
+    }
+
+    fn node_slot(&self, h: Handle) -> usize {
+        self.s
+            .slot_of(h)
+            .unwrap_or_else(|| panic!("internal: {h} has no slot"))
+    }
+
+    // ---- the value cache
+
+    fn lookup(&self, h: Handle, idx: &[Value]) -> Option<Value> {
+        let key = (h, idx.to_vec());
+        self.scopes.iter().rev().find_map(|m| m.get(&key).copied())
+    }
+
+    fn remember(&mut self, h: Handle, idx: &[Value], v: Value) {
+        self.scopes
+            .last_mut()
+            .expect("a scope is open")
+            .insert((h, idx.to_vec()), v);
+    }
+
+    fn open(&mut self, start: Value, end: Value) -> Loop {
+        self.scopes.push(HashMap::new());
+        Loop::open(&mut self.b, start, end)
+    }
+
+    fn close(&mut self, l: Loop) {
+        l.close(&mut self.b);
+        self.scopes.pop();
+    }
+
+    /// Loops over `shape[from..]`; unit axes take index 0 without a loop.
+    fn open_nest(&mut self, shape: &[Dim], from: usize, idx: &mut Vec<Value>) -> Vec<Loop> {
+        let mut loops = vec![];
+        for d in &shape[from..] {
+            if d.is_one() {
+                idx.push(self.zero);
+            } else {
+                let end = self.dim(d);
+                let l = self.open(self.zero, end);
+                idx.push(l.index);
+                loops.push(l);
+            }
+        }
+        loops
+    }
+
+    fn close_nest(&mut self, loops: Vec<Loop>) {
+        for l in loops.into_iter().rev() {
+            self.close(l);
+        }
+    }
+
+    /// `if cond { then } else { other }`, both producing a value of type `ty`.
+    fn branch(
+        &mut self,
+        cond: Value,
+        ty: Type,
+        then: impl FnOnce(&mut Self) -> Value,
+        other: impl FnOnce(&mut Self) -> Value,
+    ) -> Value {
+        let tb = self.b.create_block();
+        let eb = self.b.create_block();
+        let mb = self.b.create_block();
+        let p = self.b.append_block_param(mb, ty);
+        self.b.ins().brif(cond, tb, &[], eb, &[]);
+        self.b.switch_to_block(tb);
+        self.b.seal_block(tb);
+        self.scopes.push(HashMap::new());
+        let v = then(self);
+        self.scopes.pop();
+        self.b.ins().jump(mb, &[BlockArg::Value(v)]);
+        self.b.switch_to_block(eb);
+        self.b.seal_block(eb);
+        self.scopes.push(HashMap::new());
+        let w = other(self);
+        self.scopes.pop();
+        self.b.ins().jump(mb, &[BlockArg::Value(w)]);
+        self.b.switch_to_block(mb);
+        self.b.seal_block(mb);
+        p
+    }
+
+    /// Runs `body` only when `cond` holds.
+    fn when(&mut self, cond: Value, body: impl FnOnce(&mut Self)) {
+        let tb = self.b.create_block();
+        let mb = self.b.create_block();
+        self.b.ins().brif(cond, tb, &[], mb, &[]);
+        self.b.switch_to_block(tb);
+        self.b.seal_block(tb);
+        self.scopes.push(HashMap::new());
+        body(self);
+        self.scopes.pop();
+        self.b.ins().jump(mb, &[]);
+        self.b.switch_to_block(mb);
+        self.b.seal_block(mb);
+    }
+
+    /// Runs `body` on a cold path when `cond` does not hold.
+    fn unless(&mut self, cond: Value, body: impl FnOnce(&mut Self)) {
+        let fb = self.b.create_block();
+        let mb = self.b.create_block();
+        self.b.set_cold_block(fb);
+        self.b.ins().brif(cond, mb, &[], fb, &[]);
+        self.b.switch_to_block(fb);
+        self.b.seal_block(fb);
+        self.scopes.push(HashMap::new());
+        body(self);
+        self.scopes.pop();
+        self.b.ins().jump(mb, &[]);
+        self.b.switch_to_block(mb);
+        self.b.seal_block(mb);
+    }
+
+    // ---- calls
+
+    fn call(&mut self, name: &'static str, args: &[Value]) -> Option<Value> {
+        let f = match self.funcs.get(name) {
+            Some(f) => *f,
+            None => {
+                let rt = runtime::lookup(name);
+                let mut sig = Signature::new(self.target.call_conv);
+                let t = |a: &Arg| match a {
+                    Arg::F32 => types::F32,
+                    Arg::F64 => types::F64,
+                    Arg::I64 => types::I64,
+                    Arg::Ptr => self.ptr,
+                };
+                sig.params.extend(rt.params.iter().map(|a| AbiParam::new(t(a))));
+                sig.returns.extend(rt.rets.iter().map(|a| AbiParam::new(t(a))));
+                let f = self.linker.import(self.b.func, name, sig);
+                self.funcs.insert(name, f);
+                f
+            }
+        };
+        let inst = self.b.ins().call(f, args);
+        self.b.inst_results(inst).first().copied()
+    }
+
+    /// Records a fault at node `h` (see `abi`).
+    fn fault(&mut self, kind: i64, h: Handle, value: Value, pos: Value, size: Value) {
+        let k = self.iconst(kind);
+        let n = self.iconst(i64::from(h.0));
+        let fp = self.faults;
+        self.call("rt_fault", &[fp, k, n, value, pos, size]);
+    }
+
+    // ---- scalars
+
+    fn fconst(&mut self, ty: Type, v: f64) -> Value {
+        if ty == types::F32 {
+            self.b.ins().f32const(v as f32)
+        } else {
+            self.b.ins().f64const(v)
+        }
+    }
+
+    /// A constant of dtype `d`, converted as the interpreter's `filled` does.
+    fn scalar(&mut self, v: Scalar, d: DType) -> Value {
+        match d {
+            DType::Bool => {
+                let b = match v {
+                    Scalar::B(b) => b,
+                    v => v.as_f64() != 0.0,
+                };
+                self.b.ins().iconst(types::I8, i64::from(b))
+            }
+            DType::I64 => {
+                let i = match v {
+                    Scalar::I(i) => i,
+                    v => v.as_f64() as i64,
+                };
+                self.iconst(i)
+            }
+            DType::F32 | DType::F64 => self.fconst(clif_type(d), v.as_f64()),
+        }
+    }
+
+    fn zero_of(&mut self, d: DType) -> Value {
+        match d {
+            DType::Bool => self.b.ins().iconst(types::I8, 0),
+            DType::I64 => self.zero,
+            DType::F32 | DType::F64 => self.fconst(clif_type(d), 0.0),
+        }
+    }
+
+    fn to_f64(&mut self, v: Value) -> Value {
+        match self.b.func.dfg.value_type(v) {
+            t if t == types::F32 => self.b.ins().fpromote(types::F64, v),
+            t if t == types::I64 => self.b.ins().fcvt_from_sint(types::F64, v),
+            _ => v,
+        }
+    }
+
+    // ---- values
+
+    /// `h` at `idx` (an index into `h`'s own shape).
+    fn value(&mut self, h: Handle, idx: &[Value]) -> Value {
+        if let Some(v) = self.lookup(h, idx) {
+            return v;
+        }
+        let v = match self.s.place[h.index()] {
+            Place::Slot(sl) => self.load(sl, idx),
+            Place::Inline => self.compute(h, idx),
+            Place::Dead => panic!("internal: {h} is used but not scheduled"),
+        };
+        self.remember(h, idx, v);
+        v
+    }
+
+    /// Argument `a` read at the index `idx` of a result it broadcasts to.
+    fn bvalue(&mut self, a: Handle, idx: &[Value]) -> Value {
+        let shape = &self.g.ty(a).shape;
+        let lead = idx.len() - shape.len();
+        let aidx: Vec<Value> = shape
+            .iter()
+            .enumerate()
+            .map(|(j, d)| if d.is_one() { self.zero } else { idx[lead + j] })
+            .collect();
+        self.value(a, &aidx)
+    }
+
+    /// Computes `h` at `idx` from its arguments: one arm per op.
+    fn compute(&mut self, h: Handle, idx: &[Value]) -> Value {
+        let g = self.g;
+        let n = g.node(h);
+        let dt = n.ty.dtype;
+        match &n.op {
+            Op::Input(_) | Op::Param(_) | Op::State(_) => {
+                panic!("internal: declared value {h} without a slot")
+            }
+            Op::Const(v, d) | Op::Fill(v, d, _) => self.scalar(*v, *d),
+            Op::DimSize(d) => self.dim(d),
+            Op::Iota(_) => idx[0],
+            Op::Rand(kind, shape) => {
+                let i = self.flat(idx, shape);
+                let seed = self.value(n.args[0], &[]);
+                let step = self.value(n.args[1], &[]);
+                let f = match kind {
+                    RandKind::Normal => "rt_rand_normal",
+                    RandKind::Uniform => "rt_rand_uniform",
+                };
+                self.call(f, &[seed, step, i]).expect("returns a value")
+            }
+            Op::Unary(u) => {
+                let x = self.value(n.args[0], idx);
+                self.unary(*u, g.ty(n.args[0]).dtype, x)
+            }
+            Op::Binary(op) => {
+                let a = self.bvalue(n.args[0], idx);
+                let b = self.bvalue(n.args[1], idx);
+                self.binary(*op, g.ty(n.args[0]).dtype, a, b, h)
+            }
+            Op::Where => {
+                let c = self.bvalue(n.args[0], idx);
+                let a = self.bvalue(n.args[1], idx);
+                let b = self.bvalue(n.args[2], idx);
+                self.b.ins().select(c, a, b)
+            }
+            Op::Cast(to) => {
+                let x = self.value(n.args[0], idx);
+                self.cast(x, g.ty(n.args[0]).dtype, *to)
+            }
+            Op::StopGrad => self.value(n.args[0], idx),
+            Op::Reduce { .. } | Op::ArgMax(_) | Op::ArgMin(_) | Op::Norm { .. } => {
+                panic!("internal: reduction {h} is read before its stage ran")
+            }
+            Op::Reshape(shape) => self.reshape(n.args[0], shape, idx),
+            Op::BroadcastTo(_) => self.bvalue(n.args[0], idx),
+            Op::Transpose(perm) => {
+                let mut aidx = vec![self.zero; idx.len()];
+                for (i, &p) in perm.iter().enumerate() {
+                    aidx[p] = idx[i];
+                }
+                self.value(n.args[0], &aidx)
+            }
+            Op::Slice {
+                axis, start, step, ..
+            } => {
+                let st = self.dim(start);
+                let k = self.b.ins().imul_imm(idx[*axis], *step);
+                let p = self.iadd(st, k);
+                let mut aidx = idx.to_vec();
+                aidx[*axis] = p;
+                self.value(n.args[0], &aidx)
+            }
+            Op::Pad {
+                axis, start, step, ..
+            } => {
+                let a = n.args[0];
+                let st = self.dim(start);
+                let len = self.dim(&g.ty(a).shape[*axis]);
+                let d = self.isub(idx[*axis], st);
+                let (q, exact) = if *step == 1 {
+                    (d, None)
+                } else {
+                    let q = self.b.ins().sdiv_imm(d, *step);
+                    let back = self.b.ins().imul_imm(q, *step);
+                    (q, Some(self.b.ins().icmp(IntCC::Equal, back, d)))
+                };
+                // Unsigned `<` also rejects negative positions.
+                let inside = self.b.ins().icmp(IntCC::UnsignedLessThan, q, len);
+                let ok = match exact {
+                    Some(e) => self.b.ins().band(inside, e),
+                    None => inside,
+                };
+                let mut aidx = idx.to_vec();
+                aidx[*axis] = q;
+                self.branch(
+                    ok,
+                    clif_type(dt),
+                    |s| s.value(a, &aidx),
+                    |s| s.zero_of(dt),
+                )
+            }
+            Op::Reverse(axis) => {
+                let len = self.dim(&n.ty.shape[*axis]);
+                let last = self.b.ins().iadd_imm(len, -1);
+                let p = self.isub(last, idx[*axis]);
+                let mut aidx = idx.to_vec();
+                aidx[*axis] = p;
+                self.value(n.args[0], &aidx)
+            }
+            Op::TakeAlong(axis) => {
+                let (x, ix) = (n.args[0], n.args[1]);
+                let k = self.value(ix, idx);
+                let size = self.dim(&g.ty(x).shape[*axis]);
+                let mut aidx = idx.to_vec();
+                aidx[*axis] = k;
+                let ishape = g.ty(ix).shape.clone();
+                self.checked_gather(h, k, size, idx, &ishape, x, &aidx, dt)
+            }
+            Op::IndexSelect(axis) => {
+                let (x, ix) = (n.args[0], n.args[1]);
+                let ir = g.ty(ix).rank();
+                let j = idx[*axis..*axis + ir].to_vec();
+                let k = self.value(ix, &j);
+                let size = self.dim(&g.ty(x).shape[*axis]);
+                let mut aidx = idx[..*axis].to_vec();
+                aidx.push(k);
+                aidx.extend_from_slice(&idx[*axis + ir..]);
+                let ishape = g.ty(ix).shape.clone();
+                self.checked_gather(h, k, size, &j, &ishape, x, &aidx, dt)
+            }
+            Op::OneHot(depth) => {
+                let ix = n.args[0];
+                let r = idx.len();
+                let v = self.value(ix, &idx[..r - 1]);
+                let dv = self.dim(depth);
+                self.check_one_hot(h, v, dv, &idx[..r - 1]);
+                let hit = self.b.ins().icmp(IntCC::Equal, v, idx[r - 1]);
+                let one = self.fconst(types::F32, 1.0);
+                let zero = self.fconst(types::F32, 0.0);
+                self.b.ins().select(hit, one, zero)
+            }
+            Op::Concat(_)
+            | Op::ScatterAddAlong(_)
+            | Op::IndexAdd(_)
+            | Op::ScatterSet(_)
+            | Op::MatMul
+            | Op::Argsort { .. }
+            | Op::Cumsum { .. } => panic!("internal: {} {h} is computed by its own stage", n.op.name()),
+        }
+    }
+
+    /// `x[aidx]` where `aidx` holds the data index `k`, checked against `size`;
+    /// out of range records a fault at the index's flat position and gives 0.
+    #[allow(clippy::too_many_arguments)]
+    fn checked_gather(
+        &mut self,
+        h: Handle,
+        k: Value,
+        size: Value,
+        ipos: &[Value],
+        ishape: &[Dim],
+        x: Handle,
+        aidx: &[Value],
+        dt: DType,
+    ) -> Value {
+        let ok = self.b.ins().icmp(IntCC::UnsignedLessThan, k, size);
+        let ipos = ipos.to_vec();
+        let ishape = ishape.to_vec();
+        self.branch(
+            ok,
+            clif_type(dt),
+            |s| s.value(x, aidx),
+            |s| {
+                s.b.set_cold_block(s.b.current_block().expect("in a block"));
+                let pos = s.flat(&ipos, &ishape);
+                s.fault(FAULT_INDEX, h, k, pos, size);
+                s.zero_of(dt)
+            },
+        )
+    }
+
+    fn check_one_hot(&mut self, h: Handle, v: Value, depth: Value, ipos: &[Value]) {
+        let none = self.b.ins().icmp_imm(IntCC::Equal, v, -1);
+        let inside = self.b.ins().icmp(IntCC::UnsignedLessThan, v, depth);
+        let ok = self.b.ins().bor(none, inside);
+        let ishape = self.g.ty(self.g.node(h).args[0]).shape.clone();
+        let ipos = ipos.to_vec();
+        self.unless(ok, |s| {
+            let pos = s.flat(&ipos, &ishape);
+            s.fault(FAULT_INDEX, h, v, pos, depth);
+        });
+    }
+
+    fn reshape(&mut self, a: Handle, shape: &[Dim], idx: &[Value]) -> Value {
+        let ash = self.g.ty(a).shape.clone();
+        let nu = |s: &[Dim]| s.iter().filter(|d| !d.is_one()).cloned().collect::<Vec<_>>();
+        if nu(&ash) == nu(shape) {
+            // Only unit axes come or go: the other indices carry over in order.
+            let mut it = shape
+                .iter()
+                .zip(idx)
+                .filter(|(d, _)| !d.is_one())
+                .map(|(_, i)| *i);
+            let aidx: Vec<Value> = ash
+                .iter()
+                .map(|d| {
+                    if d.is_one() {
+                        self.zero
+                    } else {
+                        it.next().expect("as many non-unit axes")
+                    }
+                })
+                .collect();
+            return self.value(a, &aidx);
+        }
+        let flat = self.flat(idx, shape);
+        if let Place::Slot(sl) = self.s.place[a.index()] {
+            // A slot is row-major: the flat position is the same in both shapes.
+            return self.load_flat(sl, flat);
+        }
+        let st = self.row_major_strides(&ash);
+        let mut aidx = vec![];
+        for (j, d) in ash.iter().enumerate() {
+            let q = if self.cval(st[j]) == Some(1) {
+                flat
+            } else {
+                self.b.ins().udiv(flat, st[j])
+            };
+            let r = if j == 0 {
+                q
+            } else {
+                let dv = self.dim(d);
+                self.b.ins().urem(q, dv)
+            };
+            aidx.push(r);
+        }
+        self.value(a, &aidx)
+    }
+
+    fn unary(&mut self, u: UnaryOp, d: DType, x: Value) -> Value {
+        match d {
+            DType::F32 | DType::F64 => {
+                if u == UnaryOp::IsFinite {
+                    let a = self.b.ins().fabs(x);
+                    let inf = self.fconst(clif_type(d), f64::INFINITY);
+                    return self.b.ins().fcmp(FloatCC::LessThan, a, inf);
+                }
+                // The one hook for inline (vectorisable) transcendentals; a
+                // runtime call below when `math` has no inline version.
+                if let Some(v) = math::emit_unary_with(&mut self.b, u, x, self.target.math) {
+                    return v;
+                }
+                let ty = clif_type(d);
+                match u {
+                    UnaryOp::Neg => self.b.ins().fneg(x),
+                    UnaryOp::Abs => self.b.ins().fabs(x),
+                    UnaryOp::Sqrt => self.b.ins().sqrt(x),
+                    UnaryOp::Rsqrt => {
+                        let s = self.b.ins().sqrt(x);
+                        let one = self.fconst(ty, 1.0);
+                        self.b.ins().fdiv(one, s)
+                    }
+                    UnaryOp::Floor => self.b.ins().floor(x),
+                    UnaryOp::Round => self.b.ins().nearest(x),
+                    UnaryOp::Sign => {
+                        let z = self.fconst(ty, 0.0);
+                        let one = self.fconst(ty, 1.0);
+                        let mone = self.fconst(ty, -1.0);
+                        let gt = self.b.ins().fcmp(FloatCC::GreaterThan, x, z);
+                        let lt = self.b.ins().fcmp(FloatCC::LessThan, x, z);
+                        // ±0 and NaN: `x * 0` keeps NaN and gives a zero otherwise.
+                        let x0 = self.b.ins().fmul(x, z);
+                        let r = self.b.ins().select(lt, mone, x0);
+                        self.b.ins().select(gt, one, r)
+                    }
+                    UnaryOp::Relu => {
+                        let z = self.fconst(ty, 0.0);
+                        let keep = self.b.ins().fcmp(FloatCC::UnorderedOrGreaterThan, x, z);
+                        self.b.ins().select(keep, x, z)
+                    }
+                    UnaryOp::Exp
+                    | UnaryOp::Log
+                    | UnaryOp::Log1p
+                    | UnaryOp::Expm1
+                    | UnaryOp::Tanh
+                    | UnaryOp::Sigmoid
+                    | UnaryOp::LogSigmoid
+                    | UnaryOp::Softplus
+                    | UnaryOp::Sin
+                    | UnaryOp::Cos
+                    | UnaryOp::Atanh
+                    | UnaryOp::Asinh => {
+                        let f = runtime::unary_symbol(u, d == DType::F64)
+                            .expect("every transcendental has a runtime function");
+                        self.call(f, &[x]).expect("returns a value")
+                    }
+                    UnaryOp::Not | UnaryOp::IsFinite => {
+                        panic!("internal: `{}` on a float", u.name())
+                    }
+                }
+            }
+            DType::I64 => match u {
+                UnaryOp::Neg => self.b.ins().ineg(x),
+                UnaryOp::Abs => self.b.ins().iabs(x),
+                UnaryOp::Sign => {
+                    let lo = self.iconst(-1);
+                    let hi = self.iconst(1);
+                    let t = self.b.ins().smax(x, lo);
+                    self.b.ins().smin(t, hi)
+                }
+                _ => panic!("internal: `{}` on i64", u.name()),
+            },
+            DType::Bool => match u {
+                UnaryOp::Not => self.b.ins().bxor_imm(x, 1),
+                _ => panic!("internal: `{}` on bool", u.name()),
+            },
+        }
+    }
+
+    fn binary(&mut self, op: BinaryOp, d: DType, a: Value, b: Value, h: Handle) -> Value {
+        let cmp_f = |op: BinaryOp| match op {
+            BinaryOp::Lt => Some(FloatCC::LessThan),
+            BinaryOp::Le => Some(FloatCC::LessThanOrEqual),
+            BinaryOp::Gt => Some(FloatCC::GreaterThan),
+            BinaryOp::Ge => Some(FloatCC::GreaterThanOrEqual),
+            BinaryOp::Eq => Some(FloatCC::Equal),
+            BinaryOp::Ne => Some(FloatCC::NotEqual),
+            _ => None,
+        };
+        let cmp_i = |op: BinaryOp| match op {
+            BinaryOp::Lt => Some(IntCC::SignedLessThan),
+            BinaryOp::Le => Some(IntCC::SignedLessThanOrEqual),
+            BinaryOp::Gt => Some(IntCC::SignedGreaterThan),
+            BinaryOp::Ge => Some(IntCC::SignedGreaterThanOrEqual),
+            BinaryOp::Eq => Some(IntCC::Equal),
+            BinaryOp::Ne => Some(IntCC::NotEqual),
+            _ => None,
+        };
+        match d {
+            DType::F32 | DType::F64 => {
+                if let Some(cc) = cmp_f(op) {
+                    return self.b.ins().fcmp(cc, a, b);
+                }
+                match op {
+                    BinaryOp::Add => self.b.ins().fadd(a, b),
+                    BinaryOp::Sub => self.b.ins().fsub(a, b),
+                    BinaryOp::Mul => self.b.ins().fmul(a, b),
+                    BinaryOp::Div => self.b.ins().fdiv(a, b),
+                    BinaryOp::Pow => {
+                        let f = if d == DType::F32 {
+                            "rt_pow_f32"
+                        } else {
+                            "rt_pow_f64"
+                        };
+                        self.call(f, &[a, b]).expect("returns a value")
+                    }
+                    BinaryOp::Maximum | BinaryOp::Minimum => {
+                        // Ties keep the first operand and NaN propagates, as in
+                        // the reference kernel.
+                        let cc = if op == BinaryOp::Maximum {
+                            FloatCC::GreaterThanOrEqual
+                        } else {
+                            FloatCC::LessThanOrEqual
+                        };
+                        let first = self.b.ins().fcmp(cc, a, b);
+                        let r = self.b.ins().select(first, a, b);
+                        let nan = self.b.ins().fcmp(FloatCC::Unordered, a, b);
+                        let s = self.b.ins().fadd(a, b);
+                        self.b.ins().select(nan, s, r)
+                    }
+                    BinaryOp::FloorDiv => {
+                        let q = self.b.ins().fdiv(a, b);
+                        self.b.ins().floor(q)
+                    }
+                    _ => panic!("internal: `{}` on floats", op.name()),
+                }
+            }
+            DType::I64 => {
+                if let Some(cc) = cmp_i(op) {
+                    return self.b.ins().icmp(cc, a, b);
+                }
+                match op {
+                    BinaryOp::Add => self.b.ins().iadd(a, b),
+                    BinaryOp::Sub => self.b.ins().isub(a, b),
+                    BinaryOp::Mul => self.b.ins().imul(a, b),
+                    BinaryOp::Maximum => self.b.ins().smax(a, b),
+                    BinaryOp::Minimum => self.b.ins().smin(a, b),
+                    BinaryOp::FloorDiv => self.floor_div(a, b, h),
+                    _ => panic!("internal: `{}` on i64", op.name()),
+                }
+            }
+            DType::Bool => match op {
+                BinaryOp::And => self.b.ins().band(a, b),
+                BinaryOp::Or => self.b.ins().bor(a, b),
+                BinaryOp::Eq => self.b.ins().icmp(IntCC::Equal, a, b),
+                BinaryOp::Ne => self.b.ins().icmp(IntCC::NotEqual, a, b),
+                _ => panic!("internal: `{}` on bool", op.name()),
+            },
+        }
+    }
+
+    /// Python's `//` on i64 (wrapping at `MIN // -1`); division by zero is a fault.
+    fn floor_div(&mut self, a: Value, b: Value, h: Handle) -> Value {
+        let nonzero = self.b.ins().icmp_imm(IntCC::NotEqual, b, 0);
+        self.branch(
+            nonzero,
+            types::I64,
+            |s| {
+                let m1 = s.b.ins().icmp_imm(IntCC::Equal, b, -1);
+                let one = s.iconst(1);
+                // `sdiv` traps on MIN / -1: divide by 1 there and negate instead.
+                let bs = s.b.ins().select(m1, one, b);
+                let q = s.b.ins().sdiv(a, bs);
+                let r = s.b.ins().srem(a, bs);
+                let rnz = s.b.ins().icmp_imm(IntCC::NotEqual, r, 0);
+                let x = s.b.ins().bxor(r, bs);
+                let neg = s.b.ins().icmp_imm(IntCC::SignedLessThan, x, 0);
+                let adj = s.b.ins().band(rnz, neg);
+                let adj = s.b.ins().uextend(types::I64, adj);
+                let q = s.b.ins().isub(q, adj);
+                let na = s.b.ins().ineg(a);
+                s.b.ins().select(m1, na, q)
+            },
+            |s| {
+                s.b.set_cold_block(s.b.current_block().expect("in a block"));
+                let z = s.zero;
+                s.fault(FAULT_DIV_ZERO, h, z, z, z);
+                s.zero
+            },
+        )
+    }
+
+    /// `astype` semantics of the reference kernel.
+    fn cast(&mut self, x: Value, from: DType, to: DType) -> Value {
+        match (from, to) {
+            (DType::F32, DType::F32)
+            | (DType::F64, DType::F64)
+            | (DType::I64, DType::I64)
+            | (DType::Bool, DType::Bool) => x,
+            (DType::F32, DType::F64) => self.b.ins().fpromote(types::F64, x),
+            (DType::F64, DType::F32) => self.b.ins().fdemote(types::F32, x),
+            // Through f64, as the reference converts (i64 → f64 → f32).
+            (DType::I64, DType::F64) => self.b.ins().fcvt_from_sint(types::F64, x),
+            (DType::I64, DType::F32) => {
+                let w = self.b.ins().fcvt_from_sint(types::F64, x);
+                self.b.ins().fdemote(types::F32, w)
+            }
+            (DType::Bool, DType::F32 | DType::F64) => {
+                let t = clif_type(to);
+                let one = self.fconst(t, 1.0);
+                let zero = self.fconst(t, 0.0);
+                self.b.ins().select(x, one, zero)
+            }
+            // Truncation toward zero, saturating, NaN → 0: Rust's `as`.
+            (DType::F32 | DType::F64, DType::I64) => self.b.ins().fcvt_to_sint_sat(types::I64, x),
+            (DType::Bool, DType::I64) => self.b.ins().uextend(types::I64, x),
+            (DType::F32 | DType::F64, DType::Bool) => {
+                let z = self.fconst(clif_type(from), 0.0);
+                self.b.ins().fcmp(FloatCC::NotEqual, x, z)
+            }
+            (DType::I64, DType::Bool) => self.b.ins().icmp_imm(IntCC::NotEqual, x, 0),
+        }
+    }
+
+    // ---- kernels and stages
+
+    fn emit_kernel(&mut self, k: &Kernel, lo: Value, hi: Value) {
+        let mut outer = vec![];
+        let mut loops = vec![];
+        for (i, d) in k.outer.iter().enumerate() {
+            let (start, end) = if i == 0 { (lo, hi) } else { (self.zero, self.dim(d)) };
+            let l = self.open(start, end);
+            outer.push(l.index);
+            loops.push(l);
+        }
+        for st in &k.stages {
+            match st {
+                Stage::Map { nodes } => self.emit_map(nodes, &outer),
+                Stage::Reduce { node, acc } => self.emit_reduce(*node, *acc, &outer),
+                Stage::Special { node, scratch } => {
+                    assert!(outer.is_empty(), "internal: special stages run alone");
+                    self.emit_special(*node, *scratch)
+                }
+            }
+        }
+        self.close_nest(loops);
+    }
+
+    fn emit_map(&mut self, nodes: &[Handle], outer: &[Value]) {
+        let shape = self.g.ty(nodes[0]).shape.clone();
+        let mut idx = outer.to_vec();
+        let loops = self.open_nest(&shape, outer.len(), &mut idx);
+        for &h in nodes {
+            let v = self.compute(h, &idx);
+            self.remember(h, &idx, v);
+            if let Place::Slot(sl) = self.s.place[h.index()] {
+                self.store(sl, &idx, v);
+            }
+        }
+        self.close_nest(loops);
+    }
+
+    /// The index of a reduction's result for an index `xi` of its argument.
+    fn reduced_index(&self, h: Handle, xi: &[Value]) -> Vec<Value> {
+        let n = self.g.node(h);
+        let (axes, keep) = match &n.op {
+            Op::Reduce { axes, keepdims, .. } | Op::Norm { axes, keepdims } => {
+                (axes.clone(), *keepdims)
+            }
+            Op::ArgMax(a) | Op::ArgMin(a) => (vec![*a], false),
+            _ => unreachable!("a reduction"),
+        };
+        xi.iter()
+            .enumerate()
+            .filter_map(|(i, v)| {
+                if axes.contains(&i) {
+                    keep.then_some(self.zero)
+                } else {
+                    Some(*v)
+                }
+            })
+            .collect()
+    }
+
+    fn emit_reduce(&mut self, h: Handle, acc: Option<usize>, outer: &[Value]) {
+        let g = self.g;
+        let n = g.node(h);
+        let x = n.args[0];
+        let xs = g.ty(x).shape.clone();
+        let (axes, red) = match &n.op {
+            Op::Reduce { kind, axes, .. } => (axes.clone(), Red::from(*kind)),
+            Op::Norm { axes, .. } => (axes.clone(), Red::Norm),
+            Op::ArgMax(a) => return self.emit_arg(h, *a, true, outer),
+            Op::ArgMin(a) => return self.emit_arg(h, *a, false, outer),
+            _ => unreachable!("a reduction"),
+        };
+        let xd = g.ty(x).dtype;
+        let acc_ty = red.acc_type(xd);
+        let k = outer.len();
+        match acc {
+            None => {
+                let m = axes.first().copied().unwrap_or(xs.len());
+                let mut idx = outer.to_vec();
+                let head = self.open_nest(&xs[..m], k, &mut idx);
+                let var = self.b.declare_var(acc_ty);
+                let init = self.red_init(red, acc_ty);
+                self.b.def_var(var, init);
+                let mut inner = vec![];
+                for (a, d) in xs.iter().enumerate().skip(m) {
+                    if d.is_one() || !axes.contains(&a) {
+                        idx.push(self.zero);
+                    } else {
+                        let end = self.dim(d);
+                        let l = self.open(self.zero, end);
+                        idx.push(l.index);
+                        inner.push(l);
+                    }
+                }
+                let v = self.value(x, &idx);
+                let cur = self.b.use_var(var);
+                let nv = self.red_combine(red, cur, v);
+                self.b.def_var(var, nv);
+                self.close_nest(inner);
+                let total = self.b.use_var(var);
+                let res = self.red_finish(red, total, n.ty.dtype);
+                let oi = self.reduced_index(h, &idx);
+                self.remember(h, &oi, res);
+                if let Place::Slot(sl) = self.s.place[h.index()] {
+                    self.store(sl, &oi, res);
+                }
+                self.close_nest(head);
+            }
+            Some(a) => {
+                let os = n.ty.shape.clone();
+                let mut oi = outer.to_vec();
+                let l1 = self.open_nest(&os, k, &mut oi);
+                let init = self.red_init(red, acc_ty);
+                self.store(a, &oi, init);
+                self.close_nest(l1);
+                let mut xi = outer.to_vec();
+                let l2 = self.open_nest(&xs, k, &mut xi);
+                let v = self.value(x, &xi);
+                let oi = self.reduced_index(h, &xi);
+                let cur = self.load(a, &oi);
+                let nv = self.red_combine(red, cur, v);
+                self.store(a, &oi, nv);
+                self.close_nest(l2);
+                let sl = self.node_slot(h);
+                let mut oi = outer.to_vec();
+                let l3 = self.open_nest(&os, k, &mut oi);
+                let t = self.load(a, &oi);
+                let res = self.red_finish(red, t, n.ty.dtype);
+                self.store(sl, &oi, res);
+                self.close_nest(l3);
+            }
+        }
+    }
+
+    fn red_init(&mut self, red: Red, ty: Type) -> Value {
+        match (red, ty) {
+            (Red::Sum | Red::Norm, t) if t == types::I64 => self.zero,
+            (Red::Sum | Red::Norm, t) => self.fconst(t, 0.0),
+            (Red::Max, t) if t == types::I64 => self.iconst(i64::MIN),
+            (Red::Min, t) if t == types::I64 => self.iconst(i64::MAX),
+            (Red::Max, t) => self.fconst(t, f64::NEG_INFINITY),
+            (Red::Min, t) => self.fconst(t, f64::INFINITY),
+        }
+    }
+
+    fn red_combine(&mut self, red: Red, acc: Value, v: Value) -> Value {
+        let vt = self.b.func.dfg.value_type(v);
+        let at = self.b.func.dfg.value_type(acc);
+        match red {
+            Red::Sum if at == types::I64 => self.b.ins().iadd(acc, v),
+            Red::Sum => {
+                let w = if vt == at { v } else { self.to_f64(v) };
+                self.b.ins().fadd(acc, w)
+            }
+            Red::Norm => {
+                let w = self.to_f64(v);
+                let sq = self.b.ins().fmul(w, w);
+                self.b.ins().fadd(acc, sq)
+            }
+            // `fmax`/`fmin` propagate NaN, like the reference fold.
+            Red::Max if at == types::I64 => self.b.ins().smax(acc, v),
+            Red::Min if at == types::I64 => self.b.ins().smin(acc, v),
+            Red::Max => self.b.ins().fmax(acc, v),
+            Red::Min => self.b.ins().fmin(acc, v),
+        }
+    }
+
+    fn red_finish(&mut self, red: Red, acc: Value, out: DType) -> Value {
+        let v = if red == Red::Norm {
+            self.b.ins().sqrt(acc)
+        } else {
+            acc
+        };
+        let vt = self.b.func.dfg.value_type(v);
+        if out == DType::F32 && vt == types::F64 {
+            self.b.ins().fdemote(types::F32, v)
+        } else {
+            v
+        }
+    }
+
+    /// Argmax/argmin along `axis`: the first extreme wins, NaN beats everything.
+    fn emit_arg(&mut self, h: Handle, axis: usize, max: bool, outer: &[Value]) {
+        let g = self.g;
+        let x = g.node(h).args[0];
+        let xs = g.ty(x).shape.clone();
+        let mut idx = outer.to_vec();
+        let mut loops = vec![];
+        for (a, d) in xs.iter().enumerate().skip(outer.len()) {
+            if a == axis || d.is_one() {
+                idx.push(self.zero);
+            } else {
+                let end = self.dim(d);
+                let l = self.open(self.zero, end);
+                idx.push(l.index);
+                loops.push(l);
+            }
+        }
+        let cmp_ty = match g.ty(x).dtype {
+            DType::F32 => types::F32,
+            _ => types::F64,
+        };
+        let best = self.b.declare_var(types::I64);
+        let bval = self.b.declare_var(cmp_ty);
+        self.b.def_var(best, self.zero);
+        let v0 = self.value(x, &idx);
+        let v0 = if cmp_ty == types::F64 { self.to_f64(v0) } else { v0 };
+        self.b.def_var(bval, v0);
+        let len = self.dim(&xs[axis]);
+        let one = self.iconst(1);
+        let l = self.open(one, len);
+        let mut xi = idx.clone();
+        xi[axis] = l.index;
+        let v = self.value(x, &xi);
+        let v = if cmp_ty == types::F64 { self.to_f64(v) } else { v };
+        let bv = self.b.use_var(bval);
+        let bi = self.b.use_var(best);
+        let bv_nan = self.b.ins().fcmp(FloatCC::Unordered, bv, bv);
+        let v_nan = self.b.ins().fcmp(FloatCC::Unordered, v, v);
+        let cc = if max {
+            FloatCC::GreaterThan
+        } else {
+            FloatCC::LessThan
+        };
+        let wins = self.b.ins().fcmp(cc, v, bv);
+        let wins = self.b.ins().bor(v_nan, wins);
+        let ok = self.b.ins().bxor_imm(bv_nan, 1);
+        let better = self.b.ins().band(ok, wins);
+        let ni = self.b.ins().select(better, l.index, bi);
+        let nv = self.b.ins().select(better, v, bv);
+        self.b.def_var(best, ni);
+        self.b.def_var(bval, nv);
+        self.close(l);
+        let res = self.b.use_var(best);
+        let oi = self.reduced_index(h, &idx);
+        self.remember(h, &oi, res);
+        if let Place::Slot(sl) = self.s.place[h.index()] {
+            self.store(sl, &oi, res);
+        }
+        self.close_nest(loops);
+    }
+
+    fn emit_special(&mut self, h: Handle, scratch: Option<usize>) {
+        let g = self.g;
+        let n = g.node(h);
+        let out = self.node_slot(h);
+        let dt = n.ty.dtype;
+        match &n.op {
+            Op::Concat(axis) => {
+                let mut base = self.zero;
+                for &a in &n.args {
+                    let ash = g.ty(a).shape.clone();
+                    let mut idx = vec![];
+                    let loops = self.open_nest(&ash, 0, &mut idx);
+                    let v = self.value(a, &idx);
+                    let mut oi = idx.clone();
+                    oi[*axis] = self.iadd(idx[*axis], base);
+                    self.store(out, &oi, v);
+                    self.close_nest(loops);
+                    let len = self.dim(&ash[*axis]);
+                    base = self.iadd(base, len);
+                }
+            }
+            Op::ScatterAddAlong(axis) | Op::IndexAdd(axis) => {
+                let along = matches!(n.op, Op::ScatterAddAlong(_));
+                let (base, ix, vals) = (n.args[0], n.args[1], n.args[2]);
+                let acc = scratch.unwrap_or(out);
+                let bs = g.ty(base).shape.clone();
+                let mut idx = vec![];
+                let loops = self.open_nest(&bs, 0, &mut idx);
+                let v = self.value(base, &idx);
+                let v = if scratch.is_some() { self.to_f64(v) } else { v };
+                self.store(acc, &idx, v);
+                self.close_nest(loops);
+                let size = self.dim(&bs[*axis]);
+                let vs = g.ty(vals).shape.clone();
+                let ishape = g.ty(ix).shape.clone();
+                let ir = ishape.len();
+                let mut vi = vec![];
+                let loops = self.open_nest(&vs, 0, &mut vi);
+                let ipos: Vec<Value> = if along {
+                    vi.clone()
+                } else {
+                    vi[*axis..*axis + ir].to_vec()
+                };
+                let kv = self.value(ix, &ipos);
+                let mut target = if along {
+                    vi.clone()
+                } else {
+                    let mut t = vi[..*axis].to_vec();
+                    t.push(self.zero);
+                    t.extend_from_slice(&vi[*axis + ir..]);
+                    t
+                };
+                target[*axis] = kv;
+                let ok = self.b.ins().icmp(IntCC::UnsignedLessThan, kv, size);
+                let cont = self.b.create_block();
+                let add = self.b.create_block();
+                let bad = self.b.create_block();
+                self.b.set_cold_block(bad);
+                self.b.ins().brif(ok, add, &[], bad, &[]);
+                self.b.switch_to_block(add);
+                self.b.seal_block(add);
+                self.scopes.push(HashMap::new());
+                let cur = self.load(acc, &target);
+                let v = self.value(vals, &vi);
+                let v = if scratch.is_some() { self.to_f64(v) } else { v };
+                let nv = self.b.ins().fadd(cur, v);
+                self.store(acc, &target, nv);
+                self.scopes.pop();
+                self.b.ins().jump(cont, &[]);
+                self.b.switch_to_block(bad);
+                self.b.seal_block(bad);
+                let pos = self.flat(&ipos, &ishape);
+                self.fault(FAULT_INDEX, h, kv, pos, size);
+                self.b.ins().jump(cont, &[]);
+                self.b.switch_to_block(cont);
+                self.b.seal_block(cont);
+                self.close_nest(loops);
+                if scratch.is_some() {
+                    let mut idx = vec![];
+                    let loops = self.open_nest(&bs, 0, &mut idx);
+                    let t = self.load(acc, &idx);
+                    let t = self.b.ins().fdemote(types::F32, t);
+                    self.store(out, &idx, t);
+                    self.close_nest(loops);
+                }
+            }
+            Op::ScatterSet(axis) => {
+                let (base, ix, vals) = (n.args[0], n.args[1], n.args[2]);
+                let marks = scratch.expect("a scatter has a mark buffer");
+                let isl = self.node_slot(ix);
+                let bs = g.ty(base).shape.clone();
+                let ishape = g.ty(ix).shape.clone();
+                let size = self.dim(&bs[*axis]);
+                // Ids in range and unique, or the runtime finds the exact error.
+                let l = self.open(self.zero, size);
+                let z8 = self.b.ins().iconst(types::I8, 0);
+                self.store(marks, &[l.index], z8);
+                self.close(l);
+                let bad = self.b.declare_var(types::I8);
+                let z8 = self.b.ins().iconst(types::I8, 0);
+                self.b.def_var(bad, z8);
+                let count = self.numel(&ishape);
+                let l = self.open(self.zero, count);
+                let kv = self.load_flat(isl, l.index);
+                let ok = self.b.ins().icmp(IntCC::UnsignedLessThan, kv, size);
+                let inb = self.b.create_block();
+                let outb = self.b.create_block();
+                let cont = self.b.create_block();
+                self.b.ins().brif(ok, inb, &[], outb, &[]);
+                self.b.switch_to_block(inb);
+                self.b.seal_block(inb);
+                let m = self.load(marks, &[kv]);
+                let one8 = self.b.ins().iconst(types::I8, 1);
+                self.store(marks, &[kv], one8);
+                let cur = self.b.use_var(bad);
+                let nb = self.b.ins().bor(cur, m);
+                self.b.def_var(bad, nb);
+                self.b.ins().jump(cont, &[]);
+                self.b.switch_to_block(outb);
+                self.b.seal_block(outb);
+                let one8 = self.b.ins().iconst(types::I8, 1);
+                self.b.def_var(bad, one8);
+                self.b.ins().jump(cont, &[]);
+                self.b.switch_to_block(cont);
+                self.b.seal_block(cont);
+                self.close(l);
+                let any = self.b.use_var(bad);
+                let fine = self.b.ins().icmp_imm(IntCC::Equal, any, 0);
+                self.unless(fine, |s| {
+                    let node = s.iconst(i64::from(h.0));
+                    let ip = s.bases[&isl];
+                    let fp = s.faults;
+                    s.call("rt_scatter_fault", &[fp, node, ip, count, size]);
+                });
+                let mut idx = vec![];
+                let loops = self.open_nest(&bs, 0, &mut idx);
+                let v = self.value(base, &idx);
+                self.store(out, &idx, v);
+                self.close_nest(loops);
+                let vs = g.ty(vals).shape.clone();
+                let ir = ishape.len();
+                let mut vi = vec![];
+                let loops = self.open_nest(&vs, 0, &mut vi);
+                let kv = self.value(ix, &vi[*axis..*axis + ir]);
+                let ok = self.b.ins().icmp(IntCC::UnsignedLessThan, kv, size);
+                let mut target = vi[..*axis].to_vec();
+                target.push(kv);
+                target.extend_from_slice(&vi[*axis + ir..]);
+                self.when(ok, |s| {
+                    let v = s.value(vals, &vi);
+                    s.store(out, &target, v);
+                });
+                self.close_nest(loops);
+            }
+            Op::OneHot(depth) => {
+                let ix = n.args[0];
+                let ishape = g.ty(ix).shape.clone();
+                let dv = self.dim(depth);
+                let mut idx = vec![];
+                let loops = self.open_nest(&ishape, 0, &mut idx);
+                let v = self.value(ix, &idx);
+                self.check_one_hot(h, v, dv, &idx);
+                let one = self.fconst(types::F32, 1.0);
+                let zero = self.fconst(types::F32, 0.0);
+                let l = self.open(self.zero, dv);
+                let hit = self.b.ins().icmp(IntCC::Equal, v, l.index);
+                let r = self.b.ins().select(hit, one, zero);
+                let mut oi = idx.clone();
+                oi.push(l.index);
+                self.store(out, &oi, r);
+                self.close(l);
+                self.close_nest(loops);
+            }
+            Op::MatMul => {
+                let (a, b) = (n.args[0], n.args[1]);
+                let (sa, sb) = (self.node_slot(a), self.node_slot(b));
+                let m = self.dim(&g.ty(a).shape[0]);
+                let kk = self.dim(&g.ty(a).shape[1]);
+                let nn = self.dim(&g.ty(b).shape[1]);
+                let f = if dt == DType::F32 {
+                    "rt_matmul_f32"
+                } else {
+                    "rt_matmul_f64"
+                };
+                let (pa, pb, po) = (self.bases[&sa], self.bases[&sb], self.bases[&out]);
+                self.call(f, &[pa, pb, po, m, kk, nn]);
+            }
+            Op::Argsort { axis, descending } => {
+                let x = n.args[0];
+                let sx = self.node_slot(x);
+                let xs = g.ty(x).shape.clone();
+                let outer = self.numel(&xs[..*axis]);
+                let len = self.dim(&xs[*axis]);
+                let inner = self.numel(&xs[*axis + 1..]);
+                let desc = self.iconst(i64::from(*descending));
+                let f = match g.ty(x).dtype {
+                    DType::F32 => "rt_argsort_f32",
+                    DType::F64 => "rt_argsort_f64",
+                    DType::I64 | DType::Bool => "rt_argsort_i64",
+                };
+                let (px, po) = (self.bases[&sx], self.bases[&out]);
+                self.call(f, &[px, po, outer, len, inner, desc]);
+            }
+            Op::Cumsum { axis, reverse } => {
+                let x = n.args[0];
+                let xs = g.ty(x).shape.clone();
+                let mut idx = vec![];
+                let mut loops = vec![];
+                for (a, d) in xs.iter().enumerate() {
+                    if a == *axis || d.is_one() {
+                        idx.push(self.zero);
+                    } else {
+                        let end = self.dim(d);
+                        let l = self.open(self.zero, end);
+                        idx.push(l.index);
+                        loops.push(l);
+                    }
+                }
+                let acc = self.b.declare_var(types::F64);
+                let z = self.fconst(types::F64, 0.0);
+                self.b.def_var(acc, z);
+                let len = self.dim(&xs[*axis]);
+                let l = self.open(self.zero, len);
+                let p = if *reverse {
+                    let last = self.b.ins().iadd_imm(len, -1);
+                    self.b.ins().isub(last, l.index)
+                } else {
+                    l.index
+                };
+                let mut xi = idx.clone();
+                xi[*axis] = p;
+                let v = self.value(x, &xi);
+                let v = self.to_f64(v);
+                let cur = self.b.use_var(acc);
+                let s = self.b.ins().fadd(cur, v);
+                self.b.def_var(acc, s);
+                let r = if dt == DType::F32 {
+                    self.b.ins().fdemote(types::F32, s)
+                } else {
+                    s
+                };
+                self.store(out, &xi, r);
+                self.close(l);
+                self.close_nest(loops);
+            }
+            Op::Input(_)
+            | Op::Param(_)
+            | Op::State(_)
+            | Op::Const(..)
+            | Op::DimSize(_)
+            | Op::Fill(..)
+            | Op::Iota(_)
+            | Op::Rand(..)
+            | Op::Unary(_)
+            | Op::Binary(_)
+            | Op::Where
+            | Op::Cast(_)
+            | Op::StopGrad
+            | Op::Reduce { .. }
+            | Op::ArgMax(_)
+            | Op::ArgMin(_)
+            | Op::Norm { .. }
+            | Op::Reshape(_)
+            | Op::BroadcastTo(_)
+            | Op::Transpose(_)
+            | Op::Slice { .. }
+            | Op::Pad { .. }
+            | Op::Reverse(_)
+            | Op::TakeAlong(_)
+            | Op::IndexSelect(_) => panic!("internal: {} {h} is not a special stage", n.op.name()),
+        }
+    }
+}
+
+/// A reduction's accumulation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Red {
+    Sum,
+    Max,
+    Min,
+    /// Sum of squares, then the square root.
+    Norm,
+}
+
+impl From<ReduceKind> for Red {
+    fn from(k: ReduceKind) -> Red {
+        match k {
+            ReduceKind::Sum => Red::Sum,
+            ReduceKind::Max => Red::Max,
+            ReduceKind::Min => Red::Min,
+        }
+    }
+}
+
+impl Red {
+    /// Float sums accumulate in f64; extremes in the value's own type.
+    fn acc_type(self, x: DType) -> Type {
+        match (self, x) {
+            (_, DType::I64) => types::I64,
+            (Red::Sum | Red::Norm, _) => types::F64,
+            (Red::Max | Red::Min, d) => clif_type(d),
+        }
+    }
+}
