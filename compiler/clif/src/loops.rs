@@ -39,7 +39,7 @@ impl Loop {
 
     /// Closes the loop (increment, back edge); the builder continues after it.
     pub fn close(self, b: &mut FunctionBuilder) {
-        let next = b.ins().iadd_imm(self.index, 1);
+        let next = b.ins().iadd_imm_s(self.index, 1);
         b.def_var(self.var, next);
         b.ins().jump(self.header, &[]);
         b.seal_block(self.header);

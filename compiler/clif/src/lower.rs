@@ -30,7 +30,7 @@ pub trait Linker {
 }
 
 /// Target choices that the lowering needs.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy)]
 pub struct Target {
     pub call_conv: CallConv,
     pub frontend: TargetFrontendConfig,
@@ -250,7 +250,7 @@ impl Lower<'_, '_> {
         let scaled = match self.cval(off) {
             Some(c) => self.iconst(c * bytes),
             None if bytes == 1 => off,
-            None => self.b.ins().ishl_imm_u(off, bytes.trailing_zeros() as u64),
+            None => self.b.ins().ishl_imm_s(off, i64::from(bytes.trailing_zeros())),
         };
         self.b.ins().iadd(base, scaled)
     }
@@ -562,7 +562,7 @@ impl Lower<'_, '_> {
                 axis, start, step, ..
             } => {
                 let st = self.dim(start);
-                let k = self.b.ins().imul_imm(idx[*axis], *step);
+                let k = self.b.ins().imul_imm_s(idx[*axis], *step);
                 let p = self.iadd(st, k);
                 let mut aidx = idx.to_vec();
                 aidx[*axis] = p;
@@ -578,8 +578,8 @@ impl Lower<'_, '_> {
                 let (q, exact) = if *step == 1 {
                     (d, None)
                 } else {
-                    let q = self.b.ins().sdiv_imm(d, *step);
-                    let back = self.b.ins().imul_imm(q, *step);
+                    let q = self.b.ins().sdiv_imm_s(d, *step);
+                    let back = self.b.ins().imul_imm_s(q, *step);
                     (q, Some(self.b.ins().icmp(IntCC::Equal, back, d)))
                 };
                 // Unsigned `<` also rejects negative positions.
@@ -599,7 +599,7 @@ impl Lower<'_, '_> {
             }
             Op::Reverse(axis) => {
                 let len = self.dim(&n.ty.shape[*axis]);
-                let last = self.b.ins().iadd_imm(len, -1);
+                let last = self.b.ins().iadd_imm_s(len, -1);
                 let p = self.isub(last, idx[*axis]);
                 let mut aidx = idx.to_vec();
                 aidx[*axis] = p;
@@ -637,13 +637,29 @@ impl Lower<'_, '_> {
                 let zero = self.fconst(types::F32, 0.0);
                 self.b.ins().select(hit, one, zero)
             }
+            Op::SearchSorted { right } => {
+                let sorted = n.args[0];
+                let ssl = self.node_slot(sorted);
+                let len = self.dim(&g.ty(sorted).shape[0]);
+                let v = self.value(n.args[1], idx);
+                let v = self.to_f64(v);
+                let side = self.iconst(i64::from(*right));
+                let f = match g.ty(sorted).dtype {
+                    DType::F32 => "rt_searchsorted_f32",
+                    DType::F64 => "rt_searchsorted_f64",
+                    DType::I64 | DType::Bool => "rt_searchsorted_i64",
+                };
+                let p = self.bases[&ssl];
+                self.call(f, &[p, len, v, side]).expect("returns a value")
+            }
             Op::Concat(_)
             | Op::ScatterAddAlong(_)
             | Op::IndexAdd(_)
             | Op::ScatterSet(_)
             | Op::MatMul
             | Op::Argsort { .. }
-            | Op::Cumsum { .. } => panic!("internal: {} {h} is computed by its own stage", n.op.name()),
+            | Op::Cumsum { .. }
+            | Op::LogCumSumExp { .. } => panic!("internal: {} {h} is computed by its own stage", n.op.name()),
         }
     }
 
@@ -678,7 +694,7 @@ impl Lower<'_, '_> {
     }
 
     fn check_one_hot(&mut self, h: Handle, v: Value, depth: Value, ipos: &[Value]) {
-        let none = self.b.ins().icmp_imm(IntCC::Equal, v, -1);
+        let none = self.b.ins().icmp_imm_s(IntCC::Equal, v, -1);
         let inside = self.b.ins().icmp(IntCC::UnsignedLessThan, v, depth);
         let ok = self.b.ins().bor(none, inside);
         let ishape = self.g.ty(self.g.node(h).args[0]).shape.clone();
@@ -809,7 +825,7 @@ impl Lower<'_, '_> {
                 _ => panic!("internal: `{}` on i64", u.name()),
             },
             DType::Bool => match u {
-                UnaryOp::Not => self.b.ins().bxor_imm(x, 1),
+                UnaryOp::Not => self.b.ins().bxor_imm_s(x, 1),
                 _ => panic!("internal: `{}` on bool", u.name()),
             },
         }
@@ -899,20 +915,20 @@ impl Lower<'_, '_> {
 
     /// Python's `//` on i64 (wrapping at `MIN // -1`); division by zero is a fault.
     fn floor_div(&mut self, a: Value, b: Value, h: Handle) -> Value {
-        let nonzero = self.b.ins().icmp_imm(IntCC::NotEqual, b, 0);
+        let nonzero = self.b.ins().icmp_imm_s(IntCC::NotEqual, b, 0);
         self.branch(
             nonzero,
             types::I64,
             |s| {
-                let m1 = s.b.ins().icmp_imm(IntCC::Equal, b, -1);
+                let m1 = s.b.ins().icmp_imm_s(IntCC::Equal, b, -1);
                 let one = s.iconst(1);
                 // `sdiv` traps on MIN / -1: divide by 1 there and negate instead.
                 let bs = s.b.ins().select(m1, one, b);
                 let q = s.b.ins().sdiv(a, bs);
                 let r = s.b.ins().srem(a, bs);
-                let rnz = s.b.ins().icmp_imm(IntCC::NotEqual, r, 0);
+                let rnz = s.b.ins().icmp_imm_s(IntCC::NotEqual, r, 0);
                 let x = s.b.ins().bxor(r, bs);
-                let neg = s.b.ins().icmp_imm(IntCC::SignedLessThan, x, 0);
+                let neg = s.b.ins().icmp_imm_s(IntCC::SignedLessThan, x, 0);
                 let adj = s.b.ins().band(rnz, neg);
                 let adj = s.b.ins().uextend(types::I64, adj);
                 let q = s.b.ins().isub(q, adj);
@@ -956,7 +972,7 @@ impl Lower<'_, '_> {
                 let z = self.fconst(clif_type(from), 0.0);
                 self.b.ins().fcmp(FloatCC::NotEqual, x, z)
             }
-            (DType::I64, DType::Bool) => self.b.ins().icmp_imm(IntCC::NotEqual, x, 0),
+            (DType::I64, DType::Bool) => self.b.ins().icmp_imm_s(IntCC::NotEqual, x, 0),
         }
     }
 
@@ -1186,7 +1202,7 @@ impl Lower<'_, '_> {
         };
         let wins = self.b.ins().fcmp(cc, v, bv);
         let wins = self.b.ins().bor(v_nan, wins);
-        let ok = self.b.ins().bxor_imm(bv_nan, 1);
+        let ok = self.b.ins().bxor_imm_s(bv_nan, 1);
         let better = self.b.ins().band(ok, wins);
         let ni = self.b.ins().select(better, l.index, bi);
         let nv = self.b.ins().select(better, v, bv);
@@ -1329,7 +1345,7 @@ impl Lower<'_, '_> {
                 self.b.seal_block(cont);
                 self.close(l);
                 let any = self.b.use_var(bad);
-                let fine = self.b.ins().icmp_imm(IntCC::Equal, any, 0);
+                let fine = self.b.ins().icmp_imm_s(IntCC::Equal, any, 0);
                 self.unless(fine, |s| {
                     let node = s.iconst(i64::from(h.0));
                     let ip = s.bases[&isl];
@@ -1405,7 +1421,8 @@ impl Lower<'_, '_> {
                 let (px, po) = (self.bases[&sx], self.bases[&out]);
                 self.call(f, &[px, po, outer, len, inner, desc]);
             }
-            Op::Cumsum { axis, reverse } => {
+            Op::Cumsum { axis, reverse } | Op::LogCumSumExp { axis, reverse } => {
+                let log = matches!(n.op, Op::LogCumSumExp { .. });
                 let x = n.args[0];
                 let xs = g.ty(x).shape.clone();
                 let mut idx = vec![];
@@ -1421,12 +1438,12 @@ impl Lower<'_, '_> {
                     }
                 }
                 let acc = self.b.declare_var(types::F64);
-                let z = self.fconst(types::F64, 0.0);
+                let z = self.fconst(types::F64, if log { f64::NEG_INFINITY } else { 0.0 });
                 self.b.def_var(acc, z);
                 let len = self.dim(&xs[*axis]);
                 let l = self.open(self.zero, len);
                 let p = if *reverse {
-                    let last = self.b.ins().iadd_imm(len, -1);
+                    let last = self.b.ins().iadd_imm_s(len, -1);
                     self.b.ins().isub(last, l.index)
                 } else {
                     l.index
@@ -1436,7 +1453,11 @@ impl Lower<'_, '_> {
                 let v = self.value(x, &xi);
                 let v = self.to_f64(v);
                 let cur = self.b.use_var(acc);
-                let s = self.b.ins().fadd(cur, v);
+                let s = if log {
+                    self.call("rt_logaddexp", &[cur, v]).expect("returns a value")
+                } else {
+                    self.b.ins().fadd(cur, v)
+                };
                 self.b.def_var(acc, s);
                 let r = if dt == DType::F32 {
                     self.b.ins().fdemote(types::F32, s)
@@ -1471,7 +1492,10 @@ impl Lower<'_, '_> {
             | Op::Pad { .. }
             | Op::Reverse(_)
             | Op::TakeAlong(_)
-            | Op::IndexSelect(_) => panic!("internal: {} {h} is not a special stage", n.op.name()),
+            | Op::IndexSelect(_)
+            | Op::SearchSorted { .. } => {
+                panic!("internal: {} {h} is not a special stage", n.op.name())
+            }
         }
     }
 }

@@ -83,6 +83,49 @@ extern "C" fn rt_rand_uniform(seed: i64, step: i64, i: i64) -> f64 {
     uniform(seed as u64, step as u64, i as u64, 0)
 }
 
+extern "C" fn rt_logaddexp(a: f64, b: f64) -> f64 {
+    losslang_compiler::ops::order::logaddexp(a, b)
+}
+
+/// NumPy `searchsorted` on a sorted row of `n` values (compared as f64, NaN last).
+fn search(n: usize, at: &dyn Fn(usize) -> f64, v: f64, right: bool) -> i64 {
+    let before = |a: f64| {
+        if v.is_nan() {
+            !a.is_nan()
+        } else if right {
+            a <= v
+        } else {
+            a < v
+        }
+    };
+    // partition_point over indices: the first i where `before` fails.
+    let (mut lo, mut hi) = (0usize, n);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if before(at(mid)) {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    lo as i64
+}
+
+macro_rules! search_fn {
+    ($name:ident, $t:ty) => {
+        unsafe extern "C" fn $name(sorted: *const $t, n: i64, v: f64, right: i64) -> i64 {
+            // SAFETY: `sorted` is a materialised slot of `n` elements.
+            let s = unsafe { std::slice::from_raw_parts(sorted, n as usize) };
+            #[allow(clippy::unnecessary_cast)]
+            search(s.len(), &|i| s[i] as f64, v, right != 0)
+        }
+    };
+}
+
+search_fn!(rt_searchsorted_f32, f32);
+search_fn!(rt_searchsorted_f64, f64);
+search_fn!(rt_searchsorted_i64, i64);
+
 /// `out[m, n] = a[m, k] @ b[k, n]`, accumulated in f64 in the interpreter's order.
 unsafe extern "C" fn rt_matmul_f32(a: *const f32, b: *const f32, out: *mut f32, m: i64, k: i64, n: i64) {
     let (m, k, n) = (m as usize, k as usize, n as usize);
@@ -231,6 +274,10 @@ const OTHER_FNS: &[(&str, &[Arg], &[Arg])] = &[
     ("rt_argsort_f32", &[Ptr, Ptr, I64, I64, I64, I64], &[]),
     ("rt_argsort_f64", &[Ptr, Ptr, I64, I64, I64, I64], &[]),
     ("rt_argsort_i64", &[Ptr, Ptr, I64, I64, I64, I64], &[]),
+    ("rt_logaddexp", &[F64, F64], &[F64]),
+    ("rt_searchsorted_f32", &[Ptr, I64, F64, I64], &[I64]),
+    ("rt_searchsorted_f64", &[Ptr, I64, F64, I64], &[I64]),
+    ("rt_searchsorted_i64", &[Ptr, I64, F64, I64], &[I64]),
     ("rt_fault", &[Ptr, I64, I64, I64, I64, I64], &[]),
     ("rt_scatter_fault", &[Ptr, I64, Ptr, I64, I64], &[]),
 ];
@@ -246,6 +293,10 @@ fn other_addr(name: &str) -> *const u8 {
         "rt_argsort_f32" => rt_argsort_f32 as *const u8,
         "rt_argsort_f64" => rt_argsort_f64 as *const u8,
         "rt_argsort_i64" => rt_argsort_i64 as *const u8,
+        "rt_logaddexp" => rt_logaddexp as *const u8,
+        "rt_searchsorted_f32" => rt_searchsorted_f32 as *const u8,
+        "rt_searchsorted_f64" => rt_searchsorted_f64 as *const u8,
+        "rt_searchsorted_i64" => rt_searchsorted_i64 as *const u8,
         "rt_fault" => rt_fault as *const u8,
         "rt_scatter_fault" => rt_scatter_fault as *const u8,
         _ => unreachable!("every name of OTHER_FNS has an address"),

@@ -60,6 +60,9 @@ pub struct Kernel {
     /// Loops shared by every stage; the first is the one split across threads.
     pub outer: Vec<Dim>,
     pub stages: Vec<Stage>,
+    /// Whether the first outer loop may be split across threads (its
+    /// iterations write disjoint rows and combine nothing).
+    pub parallel: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -114,7 +117,8 @@ pub fn class(op: &Op) -> Class {
         | Op::Pad { .. }
         | Op::Reverse(_)
         | Op::TakeAlong(_)
-        | Op::IndexSelect(_) => Class::Elementwise,
+        | Op::IndexSelect(_)
+        | Op::SearchSorted { .. } => Class::Elementwise,
         Op::Reduce { .. } | Op::ArgMax(_) | Op::ArgMin(_) | Op::Norm { .. } => Class::Reduction,
         Op::Concat(_)
         | Op::ScatterAddAlong(_)
@@ -123,7 +127,8 @@ pub fn class(op: &Op) -> Class {
         | Op::OneHot(_)
         | Op::MatMul
         | Op::Argsort { .. }
-        | Op::Cumsum { .. } => Class::Special,
+        | Op::Cumsum { .. }
+        | Op::LogCumSumExp { .. } => Class::Special,
     }
 }
 
@@ -160,6 +165,7 @@ pub fn needs_slot_args(op: &Op) -> &'static [usize] {
         Op::MatMul => &[0, 1],
         Op::Argsort { .. } => &[0],
         Op::ScatterSet(_) => &[1],
+        Op::SearchSorted { .. } => &[0],
         _ => &[],
     }
 }
@@ -295,9 +301,15 @@ pub fn build(g: &Graph, roots: &[Handle]) -> Schedule {
         kernels.push(Kernel {
             outer: vec![],
             stages: vec![stage],
+            parallel: false,
         });
     }
     finish(g, roots_sorted, b.place, b.slots, kernels)
+}
+
+/// The schedule the JIT uses.
+pub fn fuse(g: &Graph, roots: &[Handle]) -> Schedule {
+    build(g, roots)
 }
 
 fn op_dims(op: &Op, out: &mut BTreeSet<Dim>) {
