@@ -8,8 +8,8 @@ use losslang_compiler::program::{Program, RunError};
 /// Whether this build contains the backend.
 pub fn available(b: Backend) -> bool {
     match b {
-        Backend::Interp => true,
-        Backend::Jit | Backend::Candle => false,
+        Backend::Interp | Backend::Jit => true,
+        Backend::Candle => true,
     }
 }
 
@@ -31,6 +31,40 @@ pub fn executor(b: Backend, p: &Program, device: &str) -> Result<Box<dyn Executo
     let _ = (p, device);
     match b {
         Backend::Interp => Ok(Box::new(Interp)),
-        Backend::Jit | Backend::Candle => Err(not_built(b)),
+        Backend::Jit => jit(p, 1),
+        Backend::Candle => {
+            // `cuda` without the `cuda` feature is an error that says so.
+            let dev = losslang_candle::device(device).map_err(|e| RunError {
+                code: "L5002",
+                message: e.to_string(),
+                help: Some(
+                    "run with --device cpu, or build lossc with `--features cuda` (docs/candle.md)"
+                        .into(),
+                ),
+            })?;
+            match losslang_candle::CandleExec::for_program(p, dev) {
+                Ok(e) => Ok(Box::new(e)),
+                Err(e) => Err(RunError {
+                    code: "L5005",
+                    message: e.to_string(),
+                    help: Some("run this program with --device cpu".into()),
+                }),
+            }
+        }
+    }
+}
+
+/// The Cranelift JIT for `p`, splitting batch loops across `threads` threads.
+pub fn jit(p: &Program, threads: usize) -> Result<Box<dyn Executor>, RunError> {
+    match losslang_clif::Jit::new(&p.opt) {
+        Ok(j) => Ok(Box::new(j.with_threads(threads))),
+        Err(e) => Err(RunError {
+            code: "L5004",
+            message: e.to_string(),
+            help: Some(
+                "this is a bug in losslang; run with --backend interp meanwhile and report it with the .loss file"
+                    .into(),
+            ),
+        }),
     }
 }

@@ -3,7 +3,7 @@
 //! zero, a size that does not fit) become the interpreter's `EvalError`s,
 //! attributed to their IR node by the caller.
 
-use crate::kernels::{ArgsortStable, CumsumScan, FirstRepeat, Rand};
+use crate::kernels::{ArgsortStable, CumsumScan, FirstRepeat, LogCumSumExpScan, Rand, SearchSorted};
 use crate::plan::{Binary, Call, Cmp, Plan, Slot, Source, Step, Target, Unary};
 use candle_core::{DType as CDType, Device, Tensor};
 use losslang_compiler::dim::{Dim, sizes};
@@ -413,6 +413,16 @@ impl<'a> Frame<'a> {
                     axis: *axis,
                     reverse: *reverse,
                 },
+            )?,
+            Call::LogCumSumExpScan { axis, reverse } => a(0).contiguous()?.apply_op1_no_bwd(
+                &LogCumSumExpScan {
+                    axis: *axis,
+                    reverse: *reverse,
+                },
+            )?,
+            Call::SearchSorted { right } => a(0).contiguous()?.apply_op2_no_bwd(
+                &a(1).contiguous()?,
+                &SearchSorted { right: *right },
             )?,
             Call::Rand(kind, shape) => {
                 let shape = self.shape(shape)?;

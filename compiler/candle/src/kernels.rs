@@ -7,8 +7,10 @@
 //! on a CUDA device; if one is applied to CUDA storage it fails with a
 //! message naming it, and never copies to the host.
 
+use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CudaStorage, CustomOp1, CustomOp2, Error, Layout, Result, Shape};
 use losslang_compiler::ops::RandKind;
+use losslang_compiler::ops::order::logaddexp;
 use losslang_compiler::ops::source::{rand_normal, uniform};
 
 /// The contiguous elements of a storage under `layout`.
@@ -148,6 +150,133 @@ impl CustomOp1 for CumsumScan {
 
     fn cuda_fwd(&self, _: &CudaStorage, _: &Layout) -> Result<(CudaStorage, Shape)> {
         Err(no_cuda("cumsum_scan"))
+    }
+}
+
+/// `log Σ exp` along `axis` in scan order, accumulated in f64 with the
+/// interpreter's `logaddexp`, then stored in the argument's dtype.
+#[derive(Clone, Copy, Debug)]
+pub struct LogCumSumExpScan {
+    pub axis: usize,
+    pub reverse: bool,
+}
+
+impl LogCumSumExpScan {
+    fn run(&self, v: &[f64], dims: &[usize]) -> Vec<f64> {
+        let (outer, len, inner) = split(dims, self.axis);
+        let mut out = vec![0.0; v.len()];
+        for o in 0..outer {
+            for i in 0..inner {
+                let mut acc = f64::NEG_INFINITY;
+                for k in 0..len {
+                    let kk = if self.reverse { len - 1 - k } else { k };
+                    let f = o * len * inner + kk * inner + i;
+                    acc = logaddexp(acc, v[f]);
+                    out[f] = acc;
+                }
+            }
+        }
+        out
+    }
+}
+
+impl CustomOp1 for LogCumSumExpScan {
+    fn name(&self) -> &'static str {
+        "losslang-logcumsumexp-scan"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let dims = l.dims();
+        let out = match s {
+            CpuStorage::F32(v) => {
+                let wide: Vec<f64> = elems(v, l, "logcumsumexp")?
+                    .iter()
+                    .map(|&x| f64::from(x))
+                    .collect();
+                CpuStorage::F32(self.run(&wide, dims).into_iter().map(|x| x as f32).collect())
+            }
+            CpuStorage::F64(v) => CpuStorage::F64(self.run(elems(v, l, "logcumsumexp")?, dims)),
+            other => {
+                return Err(Error::Msg(format!(
+                    "losslang `logcumsumexp` on {:?}",
+                    other.dtype()
+                )));
+            }
+        };
+        Ok((out, l.shape().clone()))
+    }
+
+    fn cuda_fwd(&self, _: &CudaStorage, _: &Layout) -> Result<(CudaStorage, Shape)> {
+        Err(no_cuda("logcumsumexp_scan"))
+    }
+}
+
+/// NumPy `searchsorted`: for each value, `partition_point` of the 1-D
+/// sequence (NaN sorts last), exactly the interpreter's binary search.
+#[derive(Clone, Copy, Debug)]
+pub struct SearchSorted {
+    pub right: bool,
+}
+
+impl SearchSorted {
+    fn run<T: Copy + PartialOrd>(&self, s: &[T], vals: &[T], is_nan: fn(T) -> bool) -> Vec<i64> {
+        let before = |a: T, v: T| -> bool {
+            if is_nan(v) {
+                !is_nan(a)
+            } else if self.right {
+                a <= v
+            } else {
+                a < v
+            }
+        };
+        vals.iter()
+            .map(|&v| s.partition_point(|&a| before(a, v)) as i64)
+            .collect()
+    }
+}
+
+impl CustomOp2 for SearchSorted {
+    fn name(&self) -> &'static str {
+        "losslang-searchsorted"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let out = match (s1, s2) {
+            (CpuStorage::F32(a), CpuStorage::F32(v)) => {
+                self.run(elems(a, l1, "searchsorted")?, elems(v, l2, "searchsorted")?, f32::is_nan)
+            }
+            (CpuStorage::F64(a), CpuStorage::F64(v)) => {
+                self.run(elems(a, l1, "searchsorted")?, elems(v, l2, "searchsorted")?, f64::is_nan)
+            }
+            (CpuStorage::I64(a), CpuStorage::I64(v)) => self.run(
+                elems(a, l1, "searchsorted")?,
+                elems(v, l2, "searchsorted")?,
+                |_| false,
+            ),
+            (a, _) => {
+                return Err(Error::Msg(format!(
+                    "losslang `searchsorted` on {:?}",
+                    a.dtype()
+                )));
+            }
+        };
+        Ok((CpuStorage::I64(out), l2.shape().clone()))
+    }
+
+    fn cuda_fwd(
+        &self,
+        _: &CudaStorage,
+        _: &Layout,
+        _: &CudaStorage,
+        _: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        Err(no_cuda("searchsorted"))
     }
 }
 

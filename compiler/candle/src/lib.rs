@@ -35,3 +35,8 @@ pub use exec::{from_candle, to_candle};
 pub use lower::{LowerError, lower};
 pub use plan::{Plan, Target};
 pub use program::{CandleExec, CandleProgram, CandleState, Error, Forward, device, target_for};
+
+/// The text form of `g` lowered for `target` (`lossc emit --stage candle`).
+pub fn emit_text(g: &losslang_compiler::ir::Graph, target: Target) -> Result<String, LowerError> {
+    Ok(plan::print(g, &lower(g, target)?))
+}

@@ -115,7 +115,8 @@ pub fn grad_rule(g: &Graph, h: Handle) -> GradRule {
         | Op::Norm { .. }
         | Op::ScatterAddAlong(_)
         | Op::ScatterSet(_)
-        | Op::Cumsum { .. } => GradRule::Vjp,
+        | Op::Cumsum { .. }
+        | Op::LogCumSumExp { .. } => GradRule::Vjp,
         // Integer- or bool-valued, or sources: handled by the dtype test above.
         Op::Input(_)
         | Op::Param(_)
@@ -128,7 +129,8 @@ pub fn grad_rule(g: &Graph, h: Handle) -> GradRule {
         | Op::ArgMax(_)
         | Op::ArgMin(_)
         | Op::OneHot(_)
-        | Op::Argsort { .. } => GradRule::None,
+        | Op::Argsort { .. }
+        | Op::SearchSorted { .. } => GradRule::None,
     }
 }
 
@@ -397,11 +399,7 @@ fn lower_node(b: &mut Builder, g: &Graph, h: Handle, args: &[Slot]) -> R {
             })
         }
         Op::StopGrad => Ok(b.emit(Call::Detach, &[x()], d, shape)),
-        Op::Reduce {
-            kind,
-            axes,
-            keepdims,
-        } => {
+        Op::Reduce { kind, axes, .. } => {
             let xs = b.shape(x());
             let ks = Graph::keepdims_shape(&xs, axes);
             let r = match kind {
@@ -647,7 +645,95 @@ fn lower_node(b: &mut Builder, g: &Graph, h: Handle, args: &[Slot]) -> R {
                 Ok(v)
             }
         },
+        Op::LogCumSumExp { axis, reverse } => match b.target {
+            Target::Cpu => Ok(b.emit(
+                Call::LogCumSumExpScan {
+                    axis: *axis,
+                    reverse: *reverse,
+                },
+                &[x()],
+                d,
+                shape,
+            )),
+            Target::Portable => logcumsumexp_pairwise(b, x(), *axis, *reverse),
+        },
+        Op::SearchSorted { right } => match b.target {
+            Target::Cpu => Ok(b.emit(
+                Call::SearchSorted { right: *right },
+                args,
+                DType::I64,
+                shape,
+            )),
+            Target::Portable => searchsorted_by_count(b, args[0], args[1], *right),
+        },
     }
+}
+
+/// `log Σ_{j ≤ i} exp(x_j)` (j ≥ i reversed) as a masked logsumexp over an
+/// [.., len, len] matrix, shifted by each row's max. O(len²) per row.
+fn logcumsumexp_pairwise(b: &mut Builder, x: Slot, axis: usize, reverse: bool) -> R {
+    let shape = b.shape(x);
+    let r = shape.len();
+    let last = r - 1;
+    let mut perm: Vec<usize> = (0..r).filter(|&i| i != axis).collect();
+    perm.push(axis);
+    let mut inv = vec![0; r];
+    for (i, &p) in perm.iter().enumerate() {
+        inv[p] = i;
+    }
+    let ts: Shape = perm.iter().map(|&p| shape[p].clone()).collect();
+    let d = b.dtype(x);
+    let xt = b.emit(Call::Permute(perm), &[x], d, ts.clone());
+    let len = ts[last].clone();
+    let mut sj = ts.clone();
+    sj.insert(last, Dim::lit(1));
+    let xj = b.reshape(xt, &sj);
+    let iota = b.emit(Call::Arange(len.clone()), &[], DType::I64, vec![len.clone()]);
+    let pi = b.reshape(iota, &vec![len.clone(), Dim::lit(1)]);
+    let pj = b.reshape(iota, &vec![Dim::lit(1), len.clone()]);
+    let inside = b.cmp(if reverse { Cmp::Ge } else { Cmp::Le }, pj, pi)?;
+    let ninf = b.f(f64::NEG_INFINITY, x);
+    let m = b.where_(inside, xj, ninf)?;
+    let mut ks = b.shape(m);
+    ks[last + 1] = Dim::lit(1);
+    let mx = b.emit(Call::MaxKeepdim(last + 1), &[m], d, ks.clone());
+    // An all -inf row (or one with +inf) must not shift by a non-finite max.
+    let z = b.bin(Binary::Sub, mx, mx)?;
+    let fin = b.cmp_s(Cmp::Eq, z, Scalar::F(0.0))?;
+    let zero = b.f(0.0, x);
+    let shift = b.where_(fin, mx, zero)?;
+    let t = b.bin(Binary::Sub, m, shift)?;
+    let e = b.unary(Unary::Exp, t);
+    let s = b.emit(Call::SumKeepdim(vec![last + 1]), &[e], d, ks);
+    let l = b.unary(Unary::Log, s);
+    let out = b.bin(Binary::Add, shift, l)?;
+    let out = b.reshape(out, &ts);
+    Ok(b.emit(Call::Permute(inv), &[out], d, shape))
+}
+
+/// `searchsorted` as a count: for an ascending `sorted` (NaN last), the first
+/// position not before v is the number of entries before it. O(len·n).
+fn searchsorted_by_count(b: &mut Builder, sorted: Slot, vals: Slot, right: bool) -> R {
+    let vs = b.shape(vals);
+    let mut col = vs.clone();
+    col.push(Dim::lit(1));
+    let v = b.reshape(vals, &col);
+    let before = b.cmp(if right { Cmp::Le } else { Cmp::Lt }, sorted, v)?;
+    let before = if b.dtype(sorted).is_float() {
+        // Every number sorts before a NaN value.
+        let vn = b.isnan(v)?;
+        let an = b.isnan(sorted)?;
+        let num = b.not(an)?;
+        b.where_(vn, num, before)?
+    } else {
+        before
+    };
+    let before = b.to_dtype(before, DType::I64);
+    let r = vs.len();
+    let mut ks = b.shape(before);
+    ks[r] = Dim::lit(1);
+    let c = b.emit(Call::SumKeepdim(vec![r]), &[before], DType::I64, ks);
+    Ok(b.reshape(c, &vs))
 }
 
 fn lower_unary(b: &mut Builder, u: UnaryOp, x: Slot) -> R {

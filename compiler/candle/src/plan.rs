@@ -163,6 +163,11 @@ pub enum Call {
     ArgsortStable { axis: usize, descending: bool },
     /// *custom*: a sequential scan along an axis (f32 or f64).
     CumsumScan { axis: usize, reverse: bool },
+    /// *custom*: a sequential log-add-exp scan along an axis (accumulated in f64).
+    LogCumSumExpScan { axis: usize, reverse: bool },
+    /// *custom*: binary search of each value (second argument) in the 1-D
+    /// ascending sequence (first argument), NaN last.
+    SearchSorted { right: bool },
     /// *custom*: the counter-based generator (args: seed, step), f64.
     Rand(RandKind, Shape),
 }
@@ -275,6 +280,14 @@ impl Call {
             Call::CumsumScan { axis, reverse } => format!(
                 "custom:cumsum_scan[axis={axis}{}]",
                 if *reverse { ", reverse" } else { "" }
+            ),
+            Call::LogCumSumExpScan { axis, reverse } => format!(
+                "custom:logcumsumexp_scan[axis={axis}{}]",
+                if *reverse { ", reverse" } else { "" }
+            ),
+            Call::SearchSorted { right } => format!(
+                "custom:searchsorted[{}]",
+                if *right { "right" } else { "left" }
             ),
             Call::Rand(k, s) => format!(
                 "custom:rand[{}, {}]",

@@ -37,10 +37,8 @@ pub struct VjpRule {
 pub fn vjp_rule(g: &Graph, h: Handle, target: Target) -> std::result::Result<VjpRule, LowerError> {
     let n = g.node(h);
     let err = |message: String| LowerError { node: h, message };
-    let mut mg = Graph {
-        name: format!("vjp of {} {}", h, n.op.name()),
-        ..Graph::default()
-    };
+    let mut mg = Graph::default();
+    mg.name = format!("vjp of {} {}", h, n.op.name());
     let ins: Vec<Handle> = n
         .args
         .iter()

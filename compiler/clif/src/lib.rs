@@ -164,12 +164,22 @@ pub fn sched_text(g: &Graph) -> String {
     o
 }
 
-struct Holder(JITModule);
+struct Holder(Option<JITModule>);
 
 // SAFETY: the module is only read after `finalize_definitions` (its code is
 // immutable and reentrant) and freed when the last user drops it.
 unsafe impl Send for Holder {}
 unsafe impl Sync for Holder {}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        if let Some(m) = self.0.take() {
+            // SAFETY: the kernels' function pointers live in the same
+            // `Compiled` and are dropped with it; nothing runs them after this.
+            unsafe { m.free_memory() };
+        }
+    }
+}
 
 /// One result set compiled: its schedule and one function per kernel.
 pub struct Compiled {
@@ -243,7 +253,7 @@ fn compile_set(g: &Graph, roots: &[Handle]) -> Result<Compiled, JitError> {
         schedule: s,
         fns,
         parallel,
-        _module: Holder(module),
+        _module: Holder(Some(module)),
     })
 }
 

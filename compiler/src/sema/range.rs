@@ -257,7 +257,7 @@ pub fn range(g: &Graph, h: Handle, memo: &mut HashMap<Handle, Range>) -> Range {
             let mut a = arg(1, memo);
             let c = g.node(n.args[0]);
             if let (Op::Binary(cmp @ (BinaryOp::Gt | BinaryOp::Ge)), true) =
-                (&c.op, c.args[0] == n.args[1])
+                (&c.op, c.args.first() == Some(&n.args[1]))
             {
                 let k = range(g, c.args[1], memo);
                 if k.lo == k.hi && k.lo >= a.lo {
