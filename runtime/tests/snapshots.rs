@@ -42,6 +42,9 @@ fn stages(path: &Path) {
     insta::assert_snapshot!("ir", print(&p.ir, "ir"));
     insta::assert_snapshot!("grad", print(&p.grad, "grad"));
     insta::assert_snapshot!("opt", print(&p.opt, "opt"));
+    let candle = losslang_candle::emit_text(&p.opt, losslang_candle::Target::Cpu)
+        .unwrap_or_else(|e| panic!("{file} does not lower to candle: {e}"));
+    insta::assert_snapshot!("candle", candle);
 }
 
 #[test]

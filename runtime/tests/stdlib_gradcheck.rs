@@ -66,7 +66,7 @@ fn floats_mut(t: &mut Tensor) -> &mut Vec<f64> {
 fn meet_preconditions(
     loss: &str,
     dims: &BTreeMap<String, i64>,
-    inputs: &mut Vec<(String, Tensor)>,
+    inputs: &mut [(String, Tensor)],
     rng: &mut Rng,
 ) {
     match loss {
@@ -124,7 +124,9 @@ fn check(file: &str, text: &str) -> Result<String, String> {
         grads: true,
         ..Call::default()
     };
-    let env = p.bind(&call).map_err(|e| format!("{}: {}", e.code, e.message))?;
+    let env = p
+        .bind(&call)
+        .map_err(|e| format!("{}: {}", e.code, e.message))?;
     let t0 = Instant::now();
     let rep = gradcheck(&p, &env, PER_INPUT).map_err(|e| format!("{}: {}", e.code, e.message))?;
     let ms = t0.elapsed().as_secs_f64() * 1e3;
@@ -160,11 +162,7 @@ fn check(file: &str, text: &str) -> Result<String, String> {
     if !rep.loss.is_finite() {
         return Err(format!("{line}: the loss is not finite at the probe point"));
     }
-    if rep.passed() {
-        Ok(line)
-    } else {
-        Err(line)
-    }
+    if rep.passed() { Ok(line) } else { Err(line) }
 }
 
 #[test]

@@ -140,7 +140,10 @@ fn readme_rows(readme: &str) -> Result<Vec<Row>, String> {
     let mut rows = vec![];
     for (i, l) in table {
         let cells = split_row(l);
-        if cells.iter().all(|c| c.chars().all(|ch| ch == '-' || ch == ':')) {
+        if cells
+            .iter()
+            .all(|c| c.chars().all(|ch| ch == '-' || ch == ':'))
+        {
             continue;
         }
         if cells.len() != COLUMNS.len() {
@@ -188,7 +191,11 @@ fn readme_index_matches_the_compiled_signatures() {
         losses.push(g.name.clone());
         let [inputs, params, state] = signature_cells(g);
         let matching: Vec<&Row> = rows.iter().filter(|r| r.cells["name"] == g.name).collect();
-        let keep = |col: &str| matching.first().map_or("?".to_string(), |r| r.cells[col].clone());
+        let keep = |col: &str| {
+            matching
+                .first()
+                .map_or("?".to_string(), |r| r.cells[col].clone())
+        };
         let expected = format!(
             "| {} | {} | {} | {inputs} | {params} | {state} |",
             g.name,

@@ -3,7 +3,9 @@
 //! zero, a size that does not fit) become the interpreter's `EvalError`s,
 //! attributed to their IR node by the caller.
 
-use crate::kernels::{ArgsortStable, CumsumScan, FirstRepeat, LogCumSumExpScan, Rand, SearchSorted};
+use crate::kernels::{
+    ArgsortStable, CumsumScan, FirstRepeat, LogCumSumExpScan, Rand, SearchSorted,
+};
 use crate::plan::{Binary, Call, Cmp, Plan, Slot, Source, Step, Target, Unary};
 use candle_core::{DType as CDType, Device, Tensor};
 use losslang_compiler::dim::{Dim, sizes};
@@ -35,12 +37,20 @@ impl StepError {
     pub fn into_eval(self) -> EvalError {
         match self {
             StepError::Eval(e) => e,
-            StepError::Candle(e) => EvalError::Other(format!("candle: {e}")),
+            StepError::Candle(e) => EvalError::Other(format!("candle: {}", candle_message(&e))),
         }
     }
 }
 
 type SR<T> = Result<T, StepError>;
+
+/// A candle error without the backtrace candle attaches when RUST_BACKTRACE is set.
+pub fn candle_message(e: &candle_core::Error) -> String {
+    match e {
+        candle_core::Error::WithBacktrace { inner, .. } => candle_message(inner),
+        e => e.to_string(),
+    }
+}
 
 pub fn candle_dtype(d: DType) -> CDType {
     match d {
@@ -55,9 +65,11 @@ pub fn candle_dtype(d: DType) -> CDType {
 pub fn to_candle(t: &value::Tensor, device: &Device) -> candle_core::Result<Tensor> {
     let shape = t.shape.clone();
     match (&t.data, t.dtype) {
-        (value::Data::F(v), DType::F32) => {
-            Tensor::from_vec(v.iter().map(|&x| x as f32).collect::<Vec<f32>>(), shape, device)
-        }
+        (value::Data::F(v), DType::F32) => Tensor::from_vec(
+            v.iter().map(|&x| x as f32).collect::<Vec<f32>>(),
+            shape,
+            device,
+        ),
         (value::Data::F(v), _) => Tensor::from_vec(v.clone(), shape, device),
         (value::Data::I(v), _) => Tensor::from_vec(v.clone(), shape, device),
         (value::Data::B(v), _) => Tensor::from_vec(
@@ -73,11 +85,9 @@ pub fn from_candle(t: &Tensor, d: DType) -> candle_core::Result<value::Tensor> {
     let shape = t.dims().to_vec();
     let flat = t.flatten_all()?;
     Ok(match d {
-        DType::F32 | DType::F64 => value::Tensor::from_f64(
-            d,
-            shape,
-            flat.to_dtype(CDType::F64)?.to_vec1::<f64>()?,
-        ),
+        DType::F32 | DType::F64 => {
+            value::Tensor::from_f64(d, shape, flat.to_dtype(CDType::F64)?.to_vec1::<f64>()?)
+        }
         DType::I64 => value::Tensor::from_i64(shape, flat.to_dtype(CDType::I64)?.to_vec1::<i64>()?),
         DType::Bool => value::Tensor::from_bool(
             shape,
@@ -108,7 +118,11 @@ pub fn check_positions(start: i64, len: usize, step: i64, full: usize) -> Result
             return Err(bad(start));
         }
         let last = start.saturating_add(len as i64 - 1);
-        return if inside(last) { Ok(()) } else { Err(bad(full as i64)) };
+        return if inside(last) {
+            Ok(())
+        } else {
+            Err(bad(full as i64))
+        };
     }
     for k in 0..len {
         let p = start.saturating_add(step.saturating_mul(k as i64));
@@ -312,7 +326,8 @@ impl<'a> Frame<'a> {
                 }
                 x.pad_with_zeros(*axis, l as usize, r as usize)?
             }
-            Call::Flip(axis) => a(0).flip(&[*axis])?,
+            // candle's CPU index_select reads its source contiguously.
+            Call::Flip(axis) => a(0).contiguous()?.flip(&[*axis])?,
             Call::SumKeepdim(axes) => a(0).sum_keepdim(axes.clone())?,
             Call::MaxKeepdim(axis) | Call::MinKeepdim(axis) => {
                 let x = a(0);
@@ -357,7 +372,9 @@ impl<'a> Frame<'a> {
             Call::ScatterAdd(axis) => {
                 a(0).scatter_add(&a(1).contiguous()?, &a(2).contiguous()?, *axis)?
             }
-            Call::IndexSelect(axis) => a(0).index_select(&a(1).contiguous()?, *axis)?,
+            Call::IndexSelect(axis) => a(0)
+                .contiguous()?
+                .index_select(&a(1).contiguous()?, *axis)?,
             Call::IndexAdd(axis) => {
                 a(0).index_add(&a(1).contiguous()?, &a(2).contiguous()?, *axis)?
             }
@@ -365,7 +382,11 @@ impl<'a> Frame<'a> {
             Call::Cumsum(axis) => a(0).cumsum(*axis)?,
             Call::NonEmptyAxis { axis, op } => {
                 let x = a(0);
-                if x.dim(*axis)? == 0 && x.dims().iter().enumerate().all(|(i, &n)| i == *axis || n > 0)
+                if x.dim(*axis)? == 0
+                    && x.dims()
+                        .iter()
+                        .enumerate()
+                        .all(|(i, &n)| i == *axis || n > 0)
                 {
                     return Err(EvalError::Other(format!("`{op}` over an empty axis")).into());
                 }
@@ -408,22 +429,21 @@ impl<'a> Frame<'a> {
                     descending: *descending,
                 })?
             }
-            Call::CumsumScan { axis, reverse } => a(0).contiguous()?.apply_op1_no_bwd(
-                &CumsumScan {
+            Call::CumsumScan { axis, reverse } => {
+                a(0).contiguous()?.apply_op1_no_bwd(&CumsumScan {
                     axis: *axis,
                     reverse: *reverse,
-                },
-            )?,
-            Call::LogCumSumExpScan { axis, reverse } => a(0).contiguous()?.apply_op1_no_bwd(
-                &LogCumSumExpScan {
+                })?
+            }
+            Call::LogCumSumExpScan { axis, reverse } => {
+                a(0).contiguous()?.apply_op1_no_bwd(&LogCumSumExpScan {
                     axis: *axis,
                     reverse: *reverse,
-                },
-            )?,
-            Call::SearchSorted { right } => a(0).contiguous()?.apply_op2_no_bwd(
-                &a(1).contiguous()?,
-                &SearchSorted { right: *right },
-            )?,
+                })?
+            }
+            Call::SearchSorted { right } => a(0)
+                .contiguous()?
+                .apply_op2_no_bwd(&a(1).contiguous()?, &SearchSorted { right: *right })?,
             Call::Rand(kind, shape) => {
                 let shape = self.shape(shape)?;
                 a(0).apply_op2_no_bwd(&a(1), &Rand { kind: *kind, shape })?

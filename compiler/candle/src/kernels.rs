@@ -46,7 +46,12 @@ pub struct ArgsortStable {
 }
 
 impl ArgsortStable {
-    fn run<T: Copy + PartialOrd>(&self, v: &[T], dims: &[usize], is_nan: fn(T) -> bool) -> Vec<i64> {
+    fn run<T: Copy + PartialOrd>(
+        &self,
+        v: &[T],
+        dims: &[usize],
+        is_nan: fn(T) -> bool,
+    ) -> Vec<i64> {
         let (outer, len, inner) = split(dims, self.axis);
         let mut out = vec![0i64; v.len()];
         let mut order: Vec<usize> = Vec::with_capacity(len);
@@ -110,7 +115,11 @@ pub struct CumsumScan {
 }
 
 impl CumsumScan {
-    fn run<T: Copy + std::ops::Add<Output = T> + Default>(&self, v: &[T], dims: &[usize]) -> Vec<T> {
+    fn run<T: Copy + std::ops::Add<Output = T> + Default>(
+        &self,
+        v: &[T],
+        dims: &[usize],
+    ) -> Vec<T> {
         let (outer, len, inner) = split(dims, self.axis);
         let mut out = vec![T::default(); v.len()];
         for o in 0..outer {
@@ -193,7 +202,12 @@ impl CustomOp1 for LogCumSumExpScan {
                     .iter()
                     .map(|&x| f64::from(x))
                     .collect();
-                CpuStorage::F32(self.run(&wide, dims).into_iter().map(|x| x as f32).collect())
+                CpuStorage::F32(
+                    self.run(&wide, dims)
+                        .into_iter()
+                        .map(|x| x as f32)
+                        .collect(),
+                )
             }
             CpuStorage::F64(v) => CpuStorage::F64(self.run(elems(v, l, "logcumsumexp")?, dims)),
             other => {
@@ -248,12 +262,16 @@ impl CustomOp2 for SearchSorted {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let out = match (s1, s2) {
-            (CpuStorage::F32(a), CpuStorage::F32(v)) => {
-                self.run(elems(a, l1, "searchsorted")?, elems(v, l2, "searchsorted")?, f32::is_nan)
-            }
-            (CpuStorage::F64(a), CpuStorage::F64(v)) => {
-                self.run(elems(a, l1, "searchsorted")?, elems(v, l2, "searchsorted")?, f64::is_nan)
-            }
+            (CpuStorage::F32(a), CpuStorage::F32(v)) => self.run(
+                elems(a, l1, "searchsorted")?,
+                elems(v, l2, "searchsorted")?,
+                f32::is_nan,
+            ),
+            (CpuStorage::F64(a), CpuStorage::F64(v)) => self.run(
+                elems(a, l1, "searchsorted")?,
+                elems(v, l2, "searchsorted")?,
+                f64::is_nan,
+            ),
             (CpuStorage::I64(a), CpuStorage::I64(v)) => self.run(
                 elems(a, l1, "searchsorted")?,
                 elems(v, l2, "searchsorted")?,

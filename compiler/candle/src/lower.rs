@@ -48,8 +48,14 @@ pub fn lower(g: &Graph, target: Target) -> Result<Plan, LowerError> {
             .map(|a| slot_of[a.index()].expect("arguments come first"))
             .collect();
         let first = b.steps.len();
-        let out = lower_node(&mut b, g, h, &args).map_err(|message| LowerError { node: h, message })?;
-        debug_assert_eq!(b.ty(out).dtype, n.ty.dtype, "{} lowers to its dtype", n.op.name());
+        let out =
+            lower_node(&mut b, g, h, &args).map_err(|message| LowerError { node: h, message })?;
+        debug_assert_eq!(
+            b.ty(out).dtype,
+            n.ty.dtype,
+            "{} lowers to its dtype",
+            n.op.name()
+        );
         slot_of[i] = Some(out);
         nodes.push(NodePlan {
             node: h,
@@ -307,7 +313,12 @@ impl Builder {
     fn first_hit(&mut self, hit: Slot, axis: usize, out_shape: &Shape) -> R {
         let shape = self.shape(hit);
         let len = shape[axis].clone();
-        let iota = self.emit(Call::Arange(len.clone()), &[], DType::I64, vec![len.clone()]);
+        let iota = self.emit(
+            Call::Arange(len.clone()),
+            &[],
+            DType::I64,
+            vec![len.clone()],
+        );
         let mut s1: Shape = vec![Dim::lit(1); shape.len()];
         s1[axis] = len.clone();
         let iota = self.reshape(iota, &s1);
@@ -321,10 +332,7 @@ impl Builder {
 
     /// Flattens an index tensor to 1-D.
     fn flat(&mut self, idx: Slot) -> Slot {
-        let n = self
-            .shape(idx)
-            .iter()
-            .fold(Dim::lit(1), |a, d| a.mul(d));
+        let n = self.shape(idx).iter().fold(Dim::lit(1), |a, d| a.mul(d));
         self.reshape(idx, &vec![n])
     }
 
@@ -606,7 +614,12 @@ fn lower_node(b: &mut Builder, g: &Graph, h: Handle, args: &[Slot]) -> R {
             let mut s = b.shape(idx);
             s.push(Dim::lit(1));
             let col = b.reshape(idx, &s);
-            let classes = b.emit(Call::Arange(depth.clone()), &[], DType::I64, vec![depth.clone()]);
+            let classes = b.emit(
+                Call::Arange(depth.clone()),
+                &[],
+                DType::I64,
+                vec![depth.clone()],
+            );
             let hit = b.cmp(Cmp::Eq, col, classes)?;
             Ok(b.to_dtype(hit, DType::F32))
         }
@@ -688,7 +701,12 @@ fn logcumsumexp_pairwise(b: &mut Builder, x: Slot, axis: usize, reverse: bool) -
     let mut sj = ts.clone();
     sj.insert(last, Dim::lit(1));
     let xj = b.reshape(xt, &sj);
-    let iota = b.emit(Call::Arange(len.clone()), &[], DType::I64, vec![len.clone()]);
+    let iota = b.emit(
+        Call::Arange(len.clone()),
+        &[],
+        DType::I64,
+        vec![len.clone()],
+    );
     let pi = b.reshape(iota, &vec![len.clone(), Dim::lit(1)]);
     let pj = b.reshape(iota, &vec![Dim::lit(1), len.clone()]);
     let inside = b.cmp(if reverse { Cmp::Ge } else { Cmp::Le }, pj, pi)?;
@@ -970,7 +988,12 @@ fn argsort_by_rank(b: &mut Builder, x: Slot, axis: usize, descending: bool) -> R
     };
     let lt = b.cmp(if descending { Cmp::Gt } else { Cmp::Lt }, xj, xi)?;
     let eq = b.cmp(Cmp::Eq, xj, xi)?;
-    let iota = b.emit(Call::Arange(len.clone()), &[], DType::I64, vec![len.clone()]);
+    let iota = b.emit(
+        Call::Arange(len.clone()),
+        &[],
+        DType::I64,
+        vec![len.clone()],
+    );
     let pi = b.reshape(iota, &vec![len.clone(), Dim::lit(1)]);
     let pj = b.reshape(iota, &vec![Dim::lit(1), len.clone()]);
     let earlier = b.cmp(Cmp::Lt, pj, pi)?;

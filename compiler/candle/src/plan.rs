@@ -7,7 +7,7 @@
 use losslang_compiler::dim::{Dim, Shape, shape_str};
 use losslang_compiler::ir::print::attrs;
 use losslang_compiler::ir::{Graph, Handle};
-use losslang_compiler::ops::{RandKind, Scalar};
+use losslang_compiler::ops::{Op, RandKind, Scalar};
 use losslang_compiler::value::DType;
 use std::fmt::{self, Write};
 
@@ -143,7 +143,10 @@ pub enum Call {
     Cumsum(usize),
     /// Fails unless axis `axis` of the argument is non-empty (or nothing is
     /// reduced); passes the argument through.
-    NonEmptyAxis { axis: usize, op: &'static str },
+    NonEmptyAxis {
+        axis: usize,
+        op: &'static str,
+    },
     /// Checks the i64 index (first argument) against axis `axis` of the
     /// second argument (or against `depth` for `one_hot`) and passes the index
     /// through. `-1` is allowed when `minus_one` (a `one_hot` "no class").
@@ -156,18 +159,31 @@ pub enum Call {
     /// Fails if an i64 id repeats (the position of the first repeat is
     /// reported, as the interpreter does); passes the ids through. `custom`
     /// selects the CPU kernel, else a pairwise comparison on the device.
-    CheckUnique { custom: bool },
+    CheckUnique {
+        custom: bool,
+    },
     /// Fails if the integer divisor (the argument) has a zero; passes it through.
     CheckNonZero,
     /// *custom*: stable argsort along an axis, NaN last in both directions.
-    ArgsortStable { axis: usize, descending: bool },
+    ArgsortStable {
+        axis: usize,
+        descending: bool,
+    },
     /// *custom*: a sequential scan along an axis (f32 or f64).
-    CumsumScan { axis: usize, reverse: bool },
+    CumsumScan {
+        axis: usize,
+        reverse: bool,
+    },
     /// *custom*: a sequential log-add-exp scan along an axis (accumulated in f64).
-    LogCumSumExpScan { axis: usize, reverse: bool },
+    LogCumSumExpScan {
+        axis: usize,
+        reverse: bool,
+    },
     /// *custom*: binary search of each value (second argument) in the 1-D
     /// ascending sequence (first argument), NaN last.
-    SearchSorted { right: bool },
+    SearchSorted {
+        right: bool,
+    },
     /// *custom*: the counter-based generator (args: seed, step), f64.
     Rand(RandKind, Shape),
 }
@@ -447,11 +463,17 @@ pub fn print(g: &Graph, plan: &Plan) -> String {
         } else {
             format!("{}[{a}]", n.op.name())
         };
+        let label = match &n.op {
+            Op::Input(k) => format!(" {}", g.inputs[*k].name),
+            Op::Param(k) => format!(" {}", g.params[*k].name),
+            Op::State(k) => format!(" {}", g.states[*k].name),
+            _ => String::new(),
+        };
         let args: Vec<String> = n.args.iter().map(|a| a.to_string()).collect();
         let sep = if args.is_empty() { "" } else { " " };
         let _ = writeln!(
             s,
-            "; {} = {head}{sep}{} : {}  (grad: {})",
+            "; {} = {head}{label}{sep}{} : {}  (grad: {})",
             np.node,
             args.join(", "),
             n.ty,
@@ -489,7 +511,12 @@ pub fn print(g: &Graph, plan: &Plan) -> String {
         let _ = writeln!(s, "report {n} = {}", plan.slot(*h));
     }
     for u in &g.updates {
-        let _ = writeln!(s, "update {} <- {}", g.states[u.state].name, plan.slot(u.value));
+        let _ = writeln!(
+            s,
+            "update {} <- {}",
+            g.states[u.state].name,
+            plan.slot(u.value)
+        );
     }
     for c in &g.checks {
         let _ = writeln!(s, "check {} \"{}\"", plan.slot(c.cond), c.message);

@@ -47,7 +47,9 @@ pub fn device(spec: &str) -> Result<Device, Error> {
     let cuda_index = match spec {
         "cpu" => return Ok(Device::Cpu),
         "cuda" => Some(0),
-        s => s.strip_prefix("cuda:").and_then(|i| i.parse::<usize>().ok()),
+        s => s
+            .strip_prefix("cuda:")
+            .and_then(|i| i.parse::<usize>().ok()),
     };
     let Some(i) = cuda_index else {
         return Err(Error::Device(format!(
@@ -159,7 +161,10 @@ impl Executor for CandleExec {
                 .map(|(k, t)| {
                     to_candle(t, &self.device).map_err(|e| NodeError {
                         node: node_of(g, &mk(k), first),
-                        error: EvalError::Other(format!("candle: {e}")),
+                        error: EvalError::Other(format!(
+                            "candle: {}",
+                            crate::exec::candle_message(&e)
+                        )),
                     })
                 })
                 .collect::<Result<Vec<Tensor>, NodeError>>()
@@ -175,7 +180,7 @@ impl Executor for CandleExec {
             .map(|(h, t)| {
                 from_candle(&t, g.ty(*h).dtype).map_err(|e| NodeError {
                     node: *h,
-                    error: EvalError::Other(format!("candle: {e}")),
+                    error: EvalError::Other(format!("candle: {}", crate::exec::candle_message(&e))),
                 })
             })
             .collect()
@@ -253,7 +258,17 @@ impl CandleProgram {
         device: &Device,
         params: &[(String, Scalar)],
     ) -> Result<CandleProgram, Error> {
-        let target = target_for(device);
+        CandleProgram::for_target(program, device, params, target_for(device))
+    }
+
+    /// Like `with_params`, lowered for `target` (`Portable` on the CPU runs
+    /// the calls the CUDA device runs).
+    pub fn for_target(
+        program: &Program,
+        device: &Device,
+        params: &[(String, Scalar)],
+        target: Target,
+    ) -> Result<CandleProgram, Error> {
         let g = &program.opt;
         let plan = lower(g, target)?;
         let mut rules = HashMap::new();
@@ -262,11 +277,7 @@ impl CandleProgram {
                 rules.insert(np.node, Arc::new(vjp_rule(g, np.node, target)?));
             }
         }
-        debug_assert!(
-            plan.nodes
-                .iter()
-                .all(|np| np.grad == grad_rule(g, np.node))
-        );
+        debug_assert!(plan.nodes.iter().all(|np| np.grad == grad_rule(g, np.node)));
         let params = program
             .bind_params(params)?
             .iter()

@@ -58,11 +58,7 @@ pub fn run_graph(
             error,
         };
         let arg_vals: Vec<Tensor> = match tape {
-            Some(_) => node
-                .args
-                .iter()
-                .map(|a| frame.get(plan.slot(*a)))
-                .collect(),
+            Some(_) => node.args.iter().map(|a| frame.get(plan.slot(*a))).collect(),
             None => vec![],
         };
         let tracked = arg_vals.iter().any(|t| t.track_op());
@@ -86,13 +82,14 @@ pub fn run_graph(
         }
         frame.detach_reads = false;
         if let (Some(tape), true, GradRule::Vjp) = (tape, tracked, np.grad) {
-            let rule = tape
-                .rules
-                .get(&np.node)
-                .expect("every vjp node has a rule");
+            let rule = tape.rules.get(&np.node).expect("every vjp node has a rule");
             let y = frame.get(np.out);
-            let linked = link(rule, &arg_vals, y, &tape.dims)
-                .map_err(|e| fail(EvalError::Other(format!("candle: {e}"))))?;
+            let linked = link(rule, &arg_vals, y, &tape.dims).map_err(|e| {
+                fail(EvalError::Other(format!(
+                    "candle: {}",
+                    crate::exec::candle_message(&e)
+                )))
+            })?;
             if let Some(t) = linked {
                 frame.vals[np.out.index()] = Some(t);
             }
@@ -100,10 +97,6 @@ pub fn run_graph(
     }
     Ok(root_slots
         .iter()
-        .map(|s| {
-            frame.vals[s.index()]
-                .clone()
-                .expect("roots are computed")
-        })
+        .map(|s| frame.vals[s.index()].clone().expect("roots are computed"))
         .collect())
 }

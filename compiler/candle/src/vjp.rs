@@ -97,7 +97,9 @@ impl LinkData {
         match &*s {
             // Contiguous from offset 0 (see `link`), so the copy reads as the shape.
             Storage::Cuda(cs) => Ok((cs.try_clone(l)?, l.shape().clone())),
-            _ => Err(Error::Msg("losslang vjp link: value not on the CUDA device".into())),
+            _ => Err(Error::Msg(
+                "losslang vjp link: value not on the CUDA device".into(),
+            )),
         }
     }
 
@@ -116,7 +118,12 @@ impl LinkData {
             &[(rule.y, self.y.clone())],
             None,
         )
-        .map_err(|e| Error::Msg(format!("losslang gradient of {}: {:?}", rule.graph.name, e.error)))?;
+        .map_err(|e| {
+            Error::Msg(format!(
+                "losslang gradient of {}: {:?}",
+                rule.graph.name, e.error
+            ))
+        })?;
         let mut it = vals.into_iter();
         Ok(self
             .wrt
@@ -201,7 +208,7 @@ pub fn link(
     let y = if y.is_contiguous() && y.layout().start_offset() == 0 {
         y.detach()
     } else {
-        y.detach().copy()?
+        y.detach().force_contiguous()?
     };
     let data = LinkData {
         rule: rule.clone(),

@@ -94,7 +94,10 @@ fn resolve(g: &Graph, s: &Schedule, env: &Env) -> Result<Vec<Option<Vec<usize>>>
                 let from = arg(0);
                 let lead = to.len().saturating_sub(from.len());
                 let ok = from.len() <= to.len()
-                    && from.iter().enumerate().all(|(j, &d)| d == 1 || d == to[lead + j]);
+                    && from
+                        .iter()
+                        .enumerate()
+                        .all(|(j, &d)| d == 1 || d == to[lead + j]);
                 if !ok {
                     return Err(shape_err(h, format!("cannot broadcast {from:?} to {to:?}")));
                 }
@@ -325,7 +328,11 @@ pub fn run(
         if !fill_slot(dst, sl.storage, t) {
             return Err(shape_err(
                 node,
-                format!("a {} value was bound where {} is expected", t.dtype, sl.storage.name()),
+                format!(
+                    "a {} value was bound where {} is expected",
+                    t.dtype,
+                    sl.storage.name()
+                ),
             ));
         }
     }

@@ -17,7 +17,9 @@ pub mod threads;
 use crate::abi::KernelFn;
 use crate::lower::{Linker, Target, kernel_signature, lower_kernel};
 use crate::schedule::Schedule;
-use cranelift_codegen::ir::{ExtFuncData, ExternalName, FuncRef, Function, Signature, UserFuncName};
+use cranelift_codegen::ir::{
+    ExtFuncData, ExternalName, FuncRef, Function, Signature, UserFuncName,
+};
 use cranelift_codegen::isa::{CallConv, TargetFrontendConfig};
 use cranelift_codegen::settings::{self, Configurable};
 use cranelift_frontend::FunctionBuilderContext;
@@ -193,7 +195,8 @@ fn compile_set(g: &Graph, roots: &[Handle]) -> Result<Compiled, JitError> {
     let e = |x: &dyn std::fmt::Display| JitError(x.to_string());
     let mut fb = settings::builder();
     fb.set("opt_level", "speed").map_err(|x| e(&x))?;
-    fb.set("use_colocated_libcalls", "false").map_err(|x| e(&x))?;
+    fb.set("use_colocated_libcalls", "false")
+        .map_err(|x| e(&x))?;
     fb.set("is_pic", "false").map_err(|x| e(&x))?;
     let isa = cranelift_native::builder()
         .map_err(|x| e(&x))?

@@ -250,7 +250,10 @@ impl Lower<'_, '_> {
         let scaled = match self.cval(off) {
             Some(c) => self.iconst(c * bytes),
             None if bytes == 1 => off,
-            None => self.b.ins().ishl_imm_s(off, i64::from(bytes.trailing_zeros())),
+            None => self
+                .b
+                .ins()
+                .ishl_imm_s(off, i64::from(bytes.trailing_zeros())),
         };
         self.b.ins().iadd(base, scaled)
     }
@@ -410,8 +413,10 @@ impl Lower<'_, '_> {
                     Arg::I64 => types::I64,
                     Arg::Ptr => self.ptr,
                 };
-                sig.params.extend(rt.params.iter().map(|a| AbiParam::new(t(a))));
-                sig.returns.extend(rt.rets.iter().map(|a| AbiParam::new(t(a))));
+                sig.params
+                    .extend(rt.params.iter().map(|a| AbiParam::new(t(a))));
+                sig.returns
+                    .extend(rt.rets.iter().map(|a| AbiParam::new(t(a))));
                 let f = self.linker.import(self.b.func, name, sig);
                 self.funcs.insert(name, f);
                 f
@@ -590,12 +595,7 @@ impl Lower<'_, '_> {
                 };
                 let mut aidx = idx.to_vec();
                 aidx[*axis] = q;
-                self.branch(
-                    ok,
-                    clif_type(dt),
-                    |s| s.value(a, &aidx),
-                    |s| s.zero_of(dt),
-                )
+                self.branch(ok, clif_type(dt), |s| s.value(a, &aidx), |s| s.zero_of(dt))
             }
             Op::Reverse(axis) => {
                 let len = self.dim(&n.ty.shape[*axis]);
@@ -659,7 +659,9 @@ impl Lower<'_, '_> {
             | Op::MatMul
             | Op::Argsort { .. }
             | Op::Cumsum { .. }
-            | Op::LogCumSumExp { .. } => panic!("internal: {} {h} is computed by its own stage", n.op.name()),
+            | Op::LogCumSumExp { .. } => {
+                panic!("internal: {} {h} is computed by its own stage", n.op.name())
+            }
         }
     }
 
@@ -707,7 +709,12 @@ impl Lower<'_, '_> {
 
     fn reshape(&mut self, a: Handle, shape: &[Dim], idx: &[Value]) -> Value {
         let ash = self.g.ty(a).shape.clone();
-        let nu = |s: &[Dim]| s.iter().filter(|d| !d.is_one()).cloned().collect::<Vec<_>>();
+        let nu = |s: &[Dim]| {
+            s.iter()
+                .filter(|d| !d.is_one())
+                .cloned()
+                .collect::<Vec<_>>()
+        };
         if nu(&ash) == nu(shape) {
             // Only unit axes come or go: the other indices carry over in order.
             let mut it = shape
@@ -982,7 +989,11 @@ impl Lower<'_, '_> {
         let mut outer = vec![];
         let mut loops = vec![];
         for (i, d) in k.outer.iter().enumerate() {
-            let (start, end) = if i == 0 { (lo, hi) } else { (self.zero, self.dim(d)) };
+            let (start, end) = if i == 0 {
+                (lo, hi)
+            } else {
+                (self.zero, self.dim(d))
+            };
             let l = self.open(start, end);
             outer.push(l.index);
             loops.push(l);
@@ -1182,7 +1193,11 @@ impl Lower<'_, '_> {
         let bval = self.b.declare_var(cmp_ty);
         self.b.def_var(best, self.zero);
         let v0 = self.value(x, &idx);
-        let v0 = if cmp_ty == types::F64 { self.to_f64(v0) } else { v0 };
+        let v0 = if cmp_ty == types::F64 {
+            self.to_f64(v0)
+        } else {
+            v0
+        };
         self.b.def_var(bval, v0);
         let len = self.dim(&xs[axis]);
         let one = self.iconst(1);
@@ -1190,7 +1205,11 @@ impl Lower<'_, '_> {
         let mut xi = idx.clone();
         xi[axis] = l.index;
         let v = self.value(x, &xi);
-        let v = if cmp_ty == types::F64 { self.to_f64(v) } else { v };
+        let v = if cmp_ty == types::F64 {
+            self.to_f64(v)
+        } else {
+            v
+        };
         let bv = self.b.use_var(bval);
         let bi = self.b.use_var(best);
         let bv_nan = self.b.ins().fcmp(FloatCC::Unordered, bv, bv);
@@ -1454,7 +1473,8 @@ impl Lower<'_, '_> {
                 let v = self.to_f64(v);
                 let cur = self.b.use_var(acc);
                 let s = if log {
-                    self.call("rt_logaddexp", &[cur, v]).expect("returns a value")
+                    self.call("rt_logaddexp", &[cur, v])
+                        .expect("returns a value")
                 } else {
                     self.b.ins().fadd(cur, v)
                 };

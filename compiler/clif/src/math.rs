@@ -764,6 +764,10 @@ impl<'a, 'f> Em<'a, 'f> {
         let l = self.log1p(t);
         let half = self.f(0.5);
         let r = self.mul(half, l);
+        // For a > 1 the rewritten argument no longer goes below -1.
+        let nan = self.f(f64::NAN);
+        let out = self.cmp_c(FloatCC::GreaterThan, a, 1.0);
+        let r = self.sel(out, nan, r);
         self.with_sign_of(r, x)
     }
 

@@ -87,28 +87,17 @@ extern "C" fn rt_logaddexp(a: f64, b: f64) -> f64 {
     losslang_compiler::ops::order::logaddexp(a, b)
 }
 
-/// NumPy `searchsorted` on a sorted row of `n` values (compared as f64, NaN last).
-fn search(n: usize, at: &dyn Fn(usize) -> f64, v: f64, right: bool) -> i64 {
-    let before = |a: f64| {
-        if v.is_nan() {
-            !a.is_nan()
-        } else if right {
-            a <= v
-        } else {
-            a < v
-        }
-    };
-    // partition_point over indices: the first i where `before` fails.
-    let (mut lo, mut hi) = (0usize, n);
-    while lo < hi {
-        let mid = lo + (hi - lo) / 2;
-        if before(at(mid)) {
-            lo = mid + 1;
-        } else {
-            hi = mid;
-        }
+/// NumPy `searchsorted`: the first position whose entry is not before `v`
+/// (compared as f64, NaN last). `partition_point`, as in the interpreter, so
+/// even an unsorted row gives the same answer.
+fn before(a: f64, v: f64, right: bool) -> bool {
+    if v.is_nan() {
+        !a.is_nan()
+    } else if right {
+        a <= v
+    } else {
+        a < v
     }
-    lo as i64
 }
 
 macro_rules! search_fn {
@@ -117,7 +106,8 @@ macro_rules! search_fn {
             // SAFETY: `sorted` is a materialised slot of `n` elements.
             let s = unsafe { std::slice::from_raw_parts(sorted, n as usize) };
             #[allow(clippy::unnecessary_cast)]
-            search(s.len(), &|i| s[i] as f64, v, right != 0)
+            let p = s.partition_point(|&a| before(a as f64, v, right != 0));
+            p as i64
         }
     };
 }
@@ -127,7 +117,14 @@ search_fn!(rt_searchsorted_f64, f64);
 search_fn!(rt_searchsorted_i64, i64);
 
 /// `out[m, n] = a[m, k] @ b[k, n]`, accumulated in f64 in the interpreter's order.
-unsafe extern "C" fn rt_matmul_f32(a: *const f32, b: *const f32, out: *mut f32, m: i64, k: i64, n: i64) {
+unsafe extern "C" fn rt_matmul_f32(
+    a: *const f32,
+    b: *const f32,
+    out: *mut f32,
+    m: i64,
+    k: i64,
+    n: i64,
+) {
     let (m, k, n) = (m as usize, k as usize, n as usize);
     // SAFETY: the driver sized the buffers from the same resolved dims.
     let (a, b, out) = unsafe {
@@ -152,7 +149,14 @@ unsafe extern "C" fn rt_matmul_f32(a: *const f32, b: *const f32, out: *mut f32, 
     }
 }
 
-unsafe extern "C" fn rt_matmul_f64(a: *const f64, b: *const f64, out: *mut f64, m: i64, k: i64, n: i64) {
+unsafe extern "C" fn rt_matmul_f64(
+    a: *const f64,
+    b: *const f64,
+    out: *mut f64,
+    m: i64,
+    k: i64,
+    n: i64,
+) {
     let (m, k, n) = (m as usize, k as usize, n as usize);
     // SAFETY: as above.
     let (a, b, out) = unsafe {
@@ -175,7 +179,14 @@ unsafe extern "C" fn rt_matmul_f64(a: *const f64, b: *const f64, out: *mut f64, 
 
 /// Stable argsort of each `(outer, inner)` line of `len` elements; NaN last in
 /// both directions, as in the interpreter.
-fn argsort_lines(v: &dyn Fn(usize) -> f64, out: &mut [i64], outer: usize, len: usize, inner: usize, desc: bool) {
+fn argsort_lines(
+    v: &dyn Fn(usize) -> f64,
+    out: &mut [i64],
+    outer: usize,
+    len: usize,
+    inner: usize,
+    desc: bool,
+) {
     let mut order: Vec<usize> = Vec::with_capacity(len);
     for o in 0..outer {
         for i in 0..inner {
@@ -203,12 +214,22 @@ fn argsort_lines(v: &dyn Fn(usize) -> f64, out: &mut [i64], outer: usize, len: u
 
 macro_rules! argsort_fn {
     ($name:ident, $t:ty) => {
-        unsafe extern "C" fn $name(x: *const $t, out: *mut i64, outer: i64, len: i64, inner: i64, desc: i64) {
+        unsafe extern "C" fn $name(
+            x: *const $t,
+            out: *mut i64,
+            outer: i64,
+            len: i64,
+            inner: i64,
+            desc: i64,
+        ) {
             let (outer, len, inner) = (outer as usize, len as usize, inner as usize);
             let n = outer * len * inner;
             // SAFETY: the driver sized both buffers from the same resolved dims.
             let (x, out) = unsafe {
-                (std::slice::from_raw_parts(x, n), std::slice::from_raw_parts_mut(out, n))
+                (
+                    std::slice::from_raw_parts(x, n),
+                    std::slice::from_raw_parts_mut(out, n),
+                )
             };
             #[allow(clippy::unnecessary_cast)]
             argsort_lines(&|i| x[i] as f64, out, outer, len, inner, desc != 0);
@@ -221,7 +242,14 @@ argsort_fn!(rt_argsort_f64, f64);
 argsort_fn!(rt_argsort_i64, i64);
 
 /// Records a fault (an index out of range, or an integer division by zero).
-unsafe extern "C" fn rt_fault(faults: *const Faults, kind: i64, node: i64, value: i64, pos: i64, size: i64) {
+unsafe extern "C" fn rt_fault(
+    faults: *const Faults,
+    kind: i64,
+    node: i64,
+    value: i64,
+    pos: i64,
+    size: i64,
+) {
     // SAFETY: `faults` is the driver's, alive for the whole call.
     let faults = unsafe { &*faults };
     faults.record(Fault {
@@ -235,7 +263,13 @@ unsafe extern "C" fn rt_fault(faults: *const Faults, kind: i64, node: i64, value
 
 /// A scatter's ids are out of range or repeated: finds the interpreter's error
 /// (the first repeated id wins over a range error, as in its kernel).
-unsafe extern "C" fn rt_scatter_fault(faults: *const Faults, node: i64, ids: *const i64, n: i64, size: i64) {
+unsafe extern "C" fn rt_scatter_fault(
+    faults: *const Faults,
+    node: i64,
+    ids: *const i64,
+    n: i64,
+    size: i64,
+) {
     // SAFETY: `ids` is the materialised index argument of `n` elements; `faults` as above.
     let (faults, ids) = unsafe { (&*faults, std::slice::from_raw_parts(ids, n as usize)) };
     let mut seen = std::collections::HashSet::new();

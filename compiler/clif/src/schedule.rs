@@ -52,7 +52,10 @@ pub enum Stage {
     Reduce { node: Handle, acc: Option<usize> },
     /// An op with a loop structure of its own (concat, scatters, one_hot,
     /// matmul, argsort, cumsum); `scratch` is its working memory.
-    Special { node: Handle, scratch: Option<usize> },
+    Special {
+        node: Handle,
+        scratch: Option<usize>,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -224,7 +227,11 @@ fn stage_for(b: &mut Builder, h: Handle) -> Stage {
                 None
             } else {
                 let st = match (&n.op, n.ty.dtype) {
-                    (Op::Reduce { kind, .. }, d) if *kind != losslang_compiler::ops::ReduceKind::Sum => storage(d),
+                    (Op::Reduce { kind, .. }, d)
+                        if *kind != losslang_compiler::ops::ReduceKind::Sum =>
+                    {
+                        storage(d)
+                    }
                     (_, DType::I64) => Storage::I64,
                     _ => Storage::F64,
                 };
@@ -469,7 +476,12 @@ pub fn print(g: &Graph, s: &Schedule, title: &str) -> String {
             SlotKind::Node(h) => format!("{h}"),
             SlotKind::Scratch => "scratch".to_string(),
         };
-        let _ = writeln!(o, "slot s{i} {}{} = {what}", sl.storage.name(), shape_str(&sl.shape));
+        let _ = writeln!(
+            o,
+            "slot s{i} {}{} = {what}",
+            sl.storage.name(),
+            shape_str(&sl.shape)
+        );
     }
     for (ki, k) in s.kernels.iter().enumerate() {
         let _ = writeln!(o, "kernel k{ki}:");
@@ -536,14 +548,29 @@ fn print_stage(g: &Graph, s: &Schedule, k: &Kernel, st: &Stage, ind: usize, o: &
                 Some(a) => format!("accumulate in s{a}"),
                 None => "accumulate in registers".into(),
             };
-            let _ = writeln!(o, "{}reduce {} over axes {:?} of {} ({how}):", pad(ind), describe(*node), axes, shape_str(xs));
+            let _ = writeln!(
+                o,
+                "{}reduce {} over axes {:?} of {} ({how}):",
+                pad(ind),
+                describe(*node),
+                axes,
+                shape_str(xs)
+            );
             for h in inline_list(g, s, &[*node]) {
                 let _ = writeln!(o, "{}{}", pad(ind + 1), describe(h));
             }
         }
         Stage::Special { node, scratch } => {
-            let sc = scratch.map(|a| format!(" (scratch s{a})")).unwrap_or_default();
-            let _ = writeln!(o, "{}{} {}{sc}", pad(ind), g.node(*node).op.name(), describe(*node));
+            let sc = scratch
+                .map(|a| format!(" (scratch s{a})"))
+                .unwrap_or_default();
+            let _ = writeln!(
+                o,
+                "{}{} {}{sc}",
+                pad(ind),
+                g.node(*node).op.name(),
+                describe(*node)
+            );
             for h in inline_list(g, s, &[*node]) {
                 let _ = writeln!(o, "{}{}", pad(ind + 1), describe(h));
             }

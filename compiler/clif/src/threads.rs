@@ -17,9 +17,7 @@ unsafe impl Sync for SendCtx {}
 
 /// Runs `f` over `0..extent` on up to `threads` threads.
 pub fn run_kernel(f: KernelFn, ctx: &Ctx, extent: i64, threads: usize) {
-    let t = (threads as i64)
-        .min(extent / MIN_ROWS_PER_THREAD)
-        .max(1);
+    let t = (threads as i64).min(extent / MIN_ROWS_PER_THREAD).max(1);
     if t <= 1 {
         // SAFETY: the driver sized every buffer from the dims the kernel reads.
         unsafe { f(ctx, 0, extent) };
