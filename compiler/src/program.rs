@@ -85,9 +85,10 @@ pub fn compile(
             .help("this is a bug in losslang; please report it with the .loss file"),
         ],
     };
-    let ir = crate::opt::dce(&checked.graph);
+    // `ir` is the graph as checked (bindings point into it); later stages drop dead nodes.
+    let ir = checked.graph;
     verify(&ir).map_err(|e| internal("lowering", e, &sources))?;
-    let mut grad = ir.clone();
+    let mut grad = crate::opt::dce(&ir);
     differentiate(&mut grad);
     verify(&grad).map_err(|e| internal("autodiff", e, &sources))?;
     let opt = crate::opt::optimize(&grad).map_err(|e| internal("optimisation", e, &sources))?;

@@ -232,7 +232,7 @@ impl Ctx {
         self.fail(
             2,
             &RunError {
-                code: "L6001",
+                code: "L6301",
                 message,
                 help: Some(help.to_string()),
             },
@@ -312,7 +312,7 @@ fn read_source(ctx: &Ctx, path: &Path) -> Res<Source> {
         Err(e) => Err(ctx.fail(
             1,
             &RunError {
-                code: "L6002",
+                code: "L6302",
                 message: format!("cannot read {}: {e}", path.display()),
                 help: Some("check the path".into()),
             },
@@ -473,7 +473,7 @@ fn io_fail(ctx: &Ctx, e: std::io::Error) -> Fail {
     ctx.fail(
         1,
         &RunError {
-            code: "L6003",
+            code: "L6303",
             message: format!("cannot write the output: {e}"),
             help: Some("check the destination".into()),
         },
@@ -544,7 +544,7 @@ fn gather_params(ctx: &Ctx, file: Option<&Path>, assigns: &[String]) -> Res<Vec<
             ctx.fail(
                 1,
                 &RunError {
-                    code: "L6002",
+                    code: "L6302",
                     message: format!("cannot read params file {}: {e}", f.display()),
                     help: Some("check the path".into()),
                 },
@@ -603,7 +603,7 @@ fn gather_inputs(
             return Err(ctx.fail(
                 1,
                 &RunError {
-                    code: "L6002",
+                    code: "L6302",
                     message: format!("--inputs {} is not a folder", dir.display()),
                     help: Some("give a folder holding one NAME.npy per input".into()),
                 },
@@ -644,7 +644,7 @@ fn read_state(ctx: &Ctx, path: &Path) -> Res<Vec<(String, Tensor)>> {
         ctx.fail(
             1,
             &RunError {
-                code: "L6002",
+                code: "L6302",
                 message: format!("cannot read state file {}: {e}", path.display()),
                 help: Some("check the path".into()),
             },
@@ -971,7 +971,11 @@ fn bench(ctx: &Ctx, a: BenchArgs, out: &mut dyn Write) -> Res<()> {
             return Err(not_built(ctx, b));
         }
         let t1 = Instant::now();
-        let threads = if b == Backend::Jit { a.threads.max(1) } else { 1 };
+        let threads = if b == Backend::Jit {
+            a.threads.max(1)
+        } else {
+            1
+        };
         let exec = if b == Backend::Jit {
             crate::backends::jit(&p, threads)
         } else {

@@ -248,7 +248,7 @@ impl Builder {
         Ok(self.emit(Call::WhereCond, &[c, a, b], d, s))
     }
 
-    fn to_dtype(&mut self, x: Slot, d: DType) -> Slot {
+    fn cast(&mut self, x: Slot, d: DType) -> Slot {
         if self.dtype(x) == d {
             return x;
         }
@@ -403,7 +403,7 @@ fn lower_node(b: &mut Builder, g: &Graph, h: Handle, args: &[Slot]) -> R {
                     b.cmp(Cmp::Ne, x(), z)?
                 }
                 // float→int truncates toward zero and saturates (NaN → 0), like `as`.
-                _ => b.to_dtype(x(), *to),
+                _ => b.cast(x(), *to),
             })
         }
         Op::StopGrad => Ok(b.emit(Call::Detach, &[x()], d, shape)),
@@ -621,7 +621,7 @@ fn lower_node(b: &mut Builder, g: &Graph, h: Handle, args: &[Slot]) -> R {
                 vec![depth.clone()],
             );
             let hit = b.cmp(Cmp::Eq, col, classes)?;
-            Ok(b.to_dtype(hit, DType::F32))
+            Ok(b.cast(hit, DType::F32))
         }
         Op::MatMul => Ok(b.emit(Call::Matmul, args, d, shape)),
         Op::Argsort { axis, descending } => match b.target {
@@ -746,7 +746,7 @@ fn searchsorted_by_count(b: &mut Builder, sorted: Slot, vals: Slot, right: bool)
     } else {
         before
     };
-    let before = b.to_dtype(before, DType::I64);
+    let before = b.cast(before, DType::I64);
     let r = vs.len();
     let mut ks = b.shape(before);
     ks[r] = Dim::lit(1);
@@ -908,7 +908,7 @@ fn lower_binary(b: &mut Builder, op: BinaryOp, x: Slot, y: Slot) -> R {
                 let yneg = b.cmp_s(Cmp::Lt, ys, Scalar::I(0))?;
                 let differ = b.cmp(Cmp::Ne, rneg, yneg)?;
                 let adj = b.and(rnz, differ)?;
-                let adj = b.to_dtype(adj, DType::I64);
+                let adj = b.cast(adj, DType::I64);
                 b.bin(Binary::Sub, q, adj)
             }
         }
@@ -1011,7 +1011,7 @@ fn argsort_by_rank(b: &mut Builder, x: Slot, axis: usize, descending: bool) -> R
     };
     let tie = b.and(eq, earlier)?;
     let before = b.or(lt, tie)?;
-    let before = b.to_dtype(before, DType::I64);
+    let before = b.cast(before, DType::I64);
     let rank = b.emit(Call::SumKeepdim(vec![last + 1]), &[before], DType::I64, si);
     let rank = b.reshape(rank, &ts);
     let mut s1 = vec![Dim::lit(1); r];

@@ -64,11 +64,10 @@ pub fn run_graph(
         let tracked = arg_vals.iter().any(|t| t.track_op());
         let off_tape = tracked && matches!(np.grad, GradRule::Vjp | GradRule::None);
         frame.detach_reads = off_tape;
-        for i in np.first..np.end {
+        for (i, st) in plan.steps.iter().enumerate().take(np.end).skip(np.first) {
             if !need[i] {
                 continue;
             }
-            let st = &plan.steps[i];
             let r = frame.step(st);
             if let Err(e) = r {
                 frame.detach_reads = false;

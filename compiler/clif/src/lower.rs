@@ -10,7 +10,10 @@ use crate::abi::{CTX_BUFS, CTX_DIMS, CTX_FAULTS, FAULT_DIV_ZERO, FAULT_INDEX, St
 use crate::loops::Loop;
 use crate::math;
 use crate::runtime::{self, Arg};
-use crate::schedule::{Kernel, Place, Schedule, Stage, kernel_dims, kernel_slots};
+use crate::schedule::{
+    Class, Ix, Kernel, Place, Schedule, Stage, arg_index, class, kernel_dims, kernel_slots,
+    stage_nodes, stage_reads,
+};
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{
     AbiParam, BlockArg, FuncRef, Function, InstBuilder, MemFlagsData, Signature, Type, Value, types,
@@ -21,7 +24,7 @@ use losslang_compiler::dim::Dim;
 use losslang_compiler::ir::{Graph, Handle};
 use losslang_compiler::ops::{BinaryOp, Op, RandKind, ReduceKind, Scalar, UnaryOp};
 use losslang_compiler::value::DType;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// Resolves a runtime function to a callee of the function being built: a
 /// module import when JIT-compiling, a named test-case reference for text.
@@ -629,9 +632,9 @@ impl Lower<'_, '_> {
             Op::OneHot(depth) => {
                 let ix = n.args[0];
                 let r = idx.len();
+                // No memory is read at the index: its range check is a `Check` stage.
+                let _ = depth;
                 let v = self.value(ix, &idx[..r - 1]);
-                let dv = self.dim(depth);
-                self.check_one_hot(h, v, dv, &idx[..r - 1]);
                 let hit = self.b.ins().icmp(IntCC::Equal, v, idx[r - 1]);
                 let one = self.fconst(types::F32, 1.0);
                 let zero = self.fconst(types::F32, 0.0);
@@ -651,6 +654,19 @@ impl Lower<'_, '_> {
                 };
                 let p = self.bases[&ssl];
                 self.call(f, &[p, len, v, side]).expect("returns a value")
+            }
+            Op::ScatterAddAlong(axis) if crate::schedule::unit_scatter(g, h, *axis) => {
+                // One index per line: `base + (idx == position ? value : 0)`;
+                // the range check is a `Check` stage.
+                let (base, ix, vals) = (n.args[0], n.args[1], n.args[2]);
+                let b0 = self.value(base, idx);
+                let mut line = idx.to_vec();
+                line[*axis] = self.zero;
+                let k = self.value(ix, &line);
+                let v = self.value(vals, &line);
+                let hit = self.b.ins().icmp(IntCC::Equal, k, idx[*axis]);
+                let sum = self.b.ins().fadd(b0, v);
+                self.b.ins().select(hit, sum, b0)
             }
             Op::Concat(_)
             | Op::ScatterAddAlong(_)
@@ -695,16 +711,106 @@ impl Lower<'_, '_> {
         )
     }
 
-    fn check_one_hot(&mut self, h: Handle, v: Value, depth: Value, ipos: &[Value]) {
-        let none = self.b.ins().icmp_imm_s(IntCC::Equal, v, -1);
-        let inside = self.b.ins().icmp(IntCC::UnsignedLessThan, v, depth);
-        let ok = self.b.ins().bor(none, inside);
-        let ishape = self.g.ty(self.g.node(h).args[0]).shape.clone();
-        let ipos = ipos.to_vec();
+    /// The `Check` stage of an element-wise `one_hot` (`-1` allowed) or
+    /// `scatter_add_along`: every index in range, else a fault at its position.
+    fn emit_check(&mut self, h: Handle, outer: &[Value]) {
+        let g = self.g;
+        let n = g.node(h);
+        let (ix, size, none_ok) = match &n.op {
+            Op::OneHot(depth) => (n.args[0], self.dim(depth), true),
+            Op::ScatterAddAlong(axis) => {
+                (n.args[1], self.dim(&g.ty(n.args[0]).shape[*axis]), false)
+            }
+            _ => unreachable!("only one_hot and scatter_add_along have a check stage"),
+        };
+        let ishape = g.ty(ix).shape.clone();
+        let mut idx = outer.to_vec();
+        self.hoist_reads(&Stage::Check { node: h }, outer);
+        let loops = self.open_nest(&ishape, outer.len(), &mut idx);
+        let v = self.value(ix, &idx);
+        let inside = self.b.ins().icmp(IntCC::UnsignedLessThan, v, size);
+        let ok = if none_ok {
+            let none = self.b.ins().icmp_imm_s(IntCC::Equal, v, -1);
+            self.b.ins().bor(none, inside)
+        } else {
+            inside
+        };
         self.unless(ok, |s| {
-            let pos = s.flat(&ipos, &ishape);
-            s.fault(FAULT_INDEX, h, v, pos, depth);
+            let pos = s.flat(&idx, &ishape);
+            s.fault(FAULT_INDEX, h, v, pos, size);
         });
+        self.close_nest(loops);
+    }
+
+    /// Computes, before a stage's loops, what it reads at indices fixed for
+    /// the stage: values at the outer (row) indices and zeros. Row statistics
+    /// and anything broadcast along the inner axes are then registers.
+    /// `kernel_level`: only values that need no outer index and nothing the
+    /// kernel computes, before its outer loops.
+    fn hoist_reads(&mut self, st: &Stage, outer: &[Value]) {
+        self.hoist_walk(st, outer, None);
+    }
+
+    fn hoist_walk(&mut self, st: &Stage, outer: &[Value], kernel: Option<&HashSet<Handle>>) {
+        let g = self.g;
+        let mut stack = stage_reads(g, st, outer.len());
+        let mut seen: HashSet<(Handle, Vec<Ix>)> = HashSet::new();
+        while let Some((h, ix)) = stack.pop() {
+            if !seen.insert((h, ix.clone())) {
+                continue;
+            }
+            let place = self.s.place[h.index()];
+            let inline_elem =
+                place == Place::Inline && matches!(class(g, h), Class::Leaf | Class::Elementwise);
+            let fixed = ix.iter().all(|i| match i {
+                Ix::Zero => true,
+                Ix::Outer(_) => kernel.is_none(),
+                Ix::Other => false,
+            });
+            if fixed && (inline_elem || matches!(place, Place::Slot(_))) {
+                if let Some(made) = kernel
+                    && self.touches(h, made)
+                {
+                    continue;
+                }
+                let idx: Vec<Value> = ix
+                    .iter()
+                    .map(|i| match i {
+                        Ix::Outer(j) => outer[*j],
+                        _ => self.zero,
+                    })
+                    .collect();
+                self.value(h, &idx);
+                continue;
+            }
+            if inline_elem {
+                let n = g.node(h);
+                for k in 0..n.args.len() {
+                    stack.push((n.args[k], arg_index(g, h, k, &ix)));
+                }
+            }
+        }
+    }
+
+    /// Whether computing `h` reads a value that kernel stages produce.
+    fn touches(&self, h: Handle, made: &HashSet<Handle>) -> bool {
+        let g = self.g;
+        let mut stack = vec![h];
+        let mut seen = HashSet::new();
+        while let Some(x) = stack.pop() {
+            if !seen.insert(x) {
+                continue;
+            }
+            if made.contains(&x) {
+                return true;
+            }
+            if self.s.place[x.index()] == Place::Inline
+                && matches!(class(g, x), Class::Leaf | Class::Elementwise)
+            {
+                stack.extend(g.node(x).args.iter().copied());
+            }
+        }
+        false
     }
 
     fn reshape(&mut self, a: Handle, shape: &[Dim], idx: &[Value]) -> Value {
@@ -986,6 +1092,13 @@ impl Lower<'_, '_> {
     // ---- kernels and stages
 
     fn emit_kernel(&mut self, k: &Kernel, lo: Value, hi: Value) {
+        if !k.outer.is_empty() {
+            // Loop invariants of the whole kernel, before its row loop.
+            let made: HashSet<Handle> = k.stages.iter().flat_map(stage_nodes).collect();
+            for st in &k.stages {
+                self.hoist_walk(st, &[], Some(&made));
+            }
+        }
         let mut outer = vec![];
         let mut loops = vec![];
         for (i, d) in k.outer.iter().enumerate() {
@@ -1000,10 +1113,21 @@ impl Lower<'_, '_> {
         }
         for st in &k.stages {
             match st {
-                Stage::Map { nodes } => self.emit_map(nodes, &outer),
-                Stage::Reduce { node, acc } => self.emit_reduce(*node, *acc, &outer),
+                Stage::Map { nodes } => {
+                    self.hoist_reads(st, &outer);
+                    self.emit_map(nodes, &outer)
+                }
+                Stage::Reduce { node, acc, rows } => {
+                    self.hoist_reads(st, &outer);
+                    self.emit_reduce(*node, *acc, *rows, &outer)
+                }
+                Stage::Finish { node, rows } => self.emit_finish(*node, *rows),
+                Stage::Check { node } => self.emit_check(*node, &outer),
                 Stage::Special { node, scratch } => {
-                    assert!(outer.is_empty(), "internal: special stages run alone");
+                    assert!(
+                        outer.is_empty(),
+                        "internal: special stages have no row loop"
+                    );
                     self.emit_special(*node, *scratch)
                 }
             }
@@ -1047,7 +1171,7 @@ impl Lower<'_, '_> {
             .collect()
     }
 
-    fn emit_reduce(&mut self, h: Handle, acc: Option<usize>, outer: &[Value]) {
+    fn emit_reduce(&mut self, h: Handle, acc: Option<usize>, rows: Option<usize>, outer: &[Value]) {
         let g = self.g;
         let n = g.node(h);
         let x = n.args[0];
@@ -1062,6 +1186,23 @@ impl Lower<'_, '_> {
         let xd = g.ty(x).dtype;
         let acc_ty = red.acc_type(xd);
         let k = outer.len();
+        if let Some(r) = rows {
+            // Every axis is reduced and the first is the row loop: this row's
+            // partial, unfinished, for `Finish` to combine in row order.
+            let var = self.b.declare_var(acc_ty);
+            let init = self.red_init(red, acc_ty);
+            self.b.def_var(var, init);
+            let mut idx = outer.to_vec();
+            let inner = self.open_nest(&xs, k, &mut idx);
+            let v = self.value(x, &idx);
+            let cur = self.b.use_var(var);
+            let nv = self.red_combine(red, cur, v);
+            self.b.def_var(var, nv);
+            self.close_nest(inner);
+            let part = self.b.use_var(var);
+            self.store(r, &outer[..1], part);
+            return;
+        }
         match acc {
             None => {
                 let m = axes.first().copied().unwrap_or(xs.len());
@@ -1119,6 +1260,36 @@ impl Lower<'_, '_> {
                 self.close_nest(l3);
             }
         }
+    }
+
+    /// Combines the row partials of a split reduction, in row order.
+    fn emit_finish(&mut self, h: Handle, rows: usize) {
+        let g = self.g;
+        let n = g.node(h);
+        let x = n.args[0];
+        let red = match &n.op {
+            Op::Reduce { kind, .. } => Red::from(*kind),
+            Op::Norm { .. } => Red::Norm,
+            _ => unreachable!("only sums, extremes and norms are split"),
+        };
+        let acc_ty = red.acc_type(g.ty(x).dtype);
+        let var = self.b.declare_var(acc_ty);
+        let init = self.red_init(red, acc_ty);
+        self.b.def_var(var, init);
+        let len = self.dim(&g.ty(x).shape[0]);
+        let l = self.open(self.zero, len);
+        let part = self.load(rows, &[l.index]);
+        let cur = self.b.use_var(var);
+        // Partials of a norm are sums of squares already: merge by adding.
+        let merge = if red == Red::Norm { Red::Sum } else { red };
+        let nv = self.red_combine(merge, cur, part);
+        self.b.def_var(var, nv);
+        self.close(l);
+        let total = self.b.use_var(var);
+        let res = self.red_finish(red, total, n.ty.dtype);
+        let oi = vec![self.zero; n.ty.rank()];
+        let sl = self.node_slot(h);
+        self.store(sl, &oi, res);
     }
 
     fn red_init(&mut self, red: Red, ty: Type) -> Value {
@@ -1391,25 +1562,6 @@ impl Lower<'_, '_> {
                 });
                 self.close_nest(loops);
             }
-            Op::OneHot(depth) => {
-                let ix = n.args[0];
-                let ishape = g.ty(ix).shape.clone();
-                let dv = self.dim(depth);
-                let mut idx = vec![];
-                let loops = self.open_nest(&ishape, 0, &mut idx);
-                let v = self.value(ix, &idx);
-                self.check_one_hot(h, v, dv, &idx);
-                let one = self.fconst(types::F32, 1.0);
-                let zero = self.fconst(types::F32, 0.0);
-                let l = self.open(self.zero, dv);
-                let hit = self.b.ins().icmp(IntCC::Equal, v, l.index);
-                let r = self.b.ins().select(hit, one, zero);
-                let mut oi = idx.clone();
-                oi.push(l.index);
-                self.store(out, &oi, r);
-                self.close(l);
-                self.close_nest(loops);
-            }
             Op::MatMul => {
                 let (a, b) = (n.args[0], n.args[1]);
                 let (sa, sb) = (self.node_slot(a), self.node_slot(b));
@@ -1513,6 +1665,7 @@ impl Lower<'_, '_> {
             | Op::Reverse(_)
             | Op::TakeAlong(_)
             | Op::IndexSelect(_)
+            | Op::OneHot(_)
             | Op::SearchSorted { .. } => {
                 panic!("internal: {} {h} is not a special stage", n.op.name())
             }

@@ -2,13 +2,26 @@
 //! slot, or registers inside the kernels that use it) and which kernels run,
 //! in order, with their loop nests. `lower` turns each kernel into one
 //! Cranelift function; `print` is the `--stage sched` text form.
+//!
+//! Fusion (`fuse`): element-wise nodes are computed in registers wherever
+//! they are used (a loss is memory-bound, so recomputing costs only
+//! arithmetic) unless a consumer broadcasts an expensive one, a runtime
+//! function needs it in memory, or it is a result. The remaining stages
+//! (stored values, reductions, index checks) are grouped into *row kernels*:
+//! one loop over the leading (batch) dim whose body runs every stage for that
+//! row — row statistics (max, sum of exp, …) stay in registers for the
+//! passes after them, reductions over the whole tensor leave one partial per
+//! row (combined in row order afterwards, so the bits do not depend on the
+//! thread count), and rows can be split across threads. A stage joins the
+//! open row kernel when everything it reads from that kernel is in its own
+//! row; otherwise the kernel is closed and the stage starts the next one.
 
 use crate::abi::Storage;
 use losslang_compiler::dim::{Dim, shape_str};
 use losslang_compiler::ir::{Graph, Handle};
-use losslang_compiler::ops::Op;
+use losslang_compiler::ops::{Op, ReduceKind, UnaryOp};
 use losslang_compiler::value::DType;
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt::Write;
 
 /// Where a node's value lives.
@@ -16,7 +29,8 @@ use std::fmt::Write;
 pub enum Place {
     /// Not needed for the requested results.
     Dead,
-    /// Computed in registers where it is used (never stored).
+    /// Computed in registers where it is used (never stored): element-wise
+    /// nodes, and row statistics used only inside their own row kernel.
     Inline,
     /// Stored in this slot.
     Slot(usize),
@@ -29,7 +43,7 @@ pub enum SlotKind {
     State(usize),
     /// A node's value, written by the kernel that computes it.
     Node(Handle),
-    /// Working memory of one kernel stage (accumulators, marks).
+    /// Working memory of one stage (accumulators, per-row partials, marks).
     Scratch,
 }
 
@@ -47,11 +61,23 @@ pub enum Stage {
     /// storing each node; their inline producers are computed in registers.
     Map { nodes: Vec<Handle> },
     /// A reduction (`sum max min norm argmax argmin`) with its producer chain
-    /// inlined; `acc` is a scratch accumulator when the reduced axes are not
-    /// the innermost ones.
-    Reduce { node: Handle, acc: Option<usize> },
-    /// An op with a loop structure of its own (concat, scatters, one_hot,
-    /// matmul, argsort, cumsum); `scratch` is its working memory.
+    /// inlined. `acc`: a scratch accumulator when the reduced axes are not the
+    /// innermost ones. `rows`: the reduction also spans the outer (row) axis;
+    /// this stage leaves one partial per row there, and a `Finish` stage of a
+    /// later kernel combines them.
+    Reduce {
+        node: Handle,
+        acc: Option<usize>,
+        rows: Option<usize>,
+    },
+    /// Combines the per-row partials of a reduction, in row order.
+    Finish { node: Handle, rows: usize },
+    /// Range-checks the index argument of an element-wise `one_hot` or
+    /// `scatter_add_along` (their values need no memory access at the
+    /// index, so the check is separate and runs once per index).
+    Check { node: Handle },
+    /// An op with a loop structure of its own (concat, scatters, matmul,
+    /// argsort, scans); `scratch` is its working memory.
     Special {
         node: Handle,
         scratch: Option<usize>,
@@ -60,11 +86,11 @@ pub enum Stage {
 
 #[derive(Clone, Debug)]
 pub struct Kernel {
-    /// Loops shared by every stage; the first is the one split across threads.
+    /// Loops shared by every stage (empty, or the row loop).
     pub outer: Vec<Dim>,
     pub stages: Vec<Stage>,
-    /// Whether the first outer loop may be split across threads (its
-    /// iterations write disjoint rows and combine nothing).
+    /// Whether the outer loop may be split across threads (rows are
+    /// independent: every write is to the row's own elements).
     pub parallel: bool,
 }
 
@@ -88,7 +114,7 @@ pub fn storage(d: DType) -> Storage {
     }
 }
 
-/// How an op is evaluated.
+/// How a node is evaluated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Class {
     /// Bound by the caller (inputs, params, state).
@@ -103,8 +129,9 @@ pub enum Class {
     Special,
 }
 
-pub fn class(op: &Op) -> Class {
-    match op {
+pub fn class(g: &Graph, h: Handle) -> Class {
+    let n = g.node(h);
+    match &n.op {
         Op::Input(_) | Op::Param(_) | Op::State(_) => Class::External,
         Op::Const(..) | Op::DimSize(_) | Op::Fill(..) | Op::Iota(_) => Class::Leaf,
         Op::Rand(..)
@@ -121,17 +148,39 @@ pub fn class(op: &Op) -> Class {
         | Op::Reverse(_)
         | Op::TakeAlong(_)
         | Op::IndexSelect(_)
+        | Op::OneHot(_)
         | Op::SearchSorted { .. } => Class::Elementwise,
         Op::Reduce { .. } | Op::ArgMax(_) | Op::ArgMin(_) | Op::Norm { .. } => Class::Reduction,
+        Op::ScatterAddAlong(a) => {
+            if unit_scatter(g, h, *a) {
+                Class::Elementwise
+            } else {
+                Class::Special
+            }
+        }
         Op::Concat(_)
-        | Op::ScatterAddAlong(_)
         | Op::IndexAdd(_)
         | Op::ScatterSet(_)
-        | Op::OneHot(_)
         | Op::MatMul
         | Op::Argsort { .. }
         | Op::Cumsum { .. }
         | Op::LogCumSumExp { .. } => Class::Special,
+    }
+}
+
+/// `scatter_add_along` with one index per line (the gradient of picking one
+/// element per row): element-wise, `base + (idx == position ? value : 0)`.
+pub fn unit_scatter(g: &Graph, h: Handle, axis: usize) -> bool {
+    let n = g.node(h);
+    g.ty(n.args[1]).shape[axis].is_one()
+}
+
+/// Whether a node's index argument is range-checked by a `Check` stage.
+pub fn checked_separately(g: &Graph, h: Handle) -> bool {
+    match g.node(h).op {
+        Op::OneHot(_) => true,
+        Op::ScatterAddAlong(a) => unit_scatter(g, h, a),
+        _ => false,
     }
 }
 
@@ -162,7 +211,7 @@ pub fn reduces_in_registers(g: &Graph, h: Handle) -> bool {
 }
 
 /// Arguments that must be in a slot (contiguous, row-major) because a
-/// runtime function or a scan over them reads memory directly.
+/// runtime function or a scan reads their memory directly.
 pub fn needs_slot_args(op: &Op) -> &'static [usize] {
     match op {
         Op::MatMul => &[0, 1],
@@ -189,88 +238,703 @@ pub fn needed(g: &Graph, roots: &[Handle]) -> Vec<bool> {
     need
 }
 
-struct Builder<'g> {
-    g: &'g Graph,
-    place: Vec<Place>,
-    slots: Vec<Slot>,
+/// A symbolic index component: how an element's index along one axis relates
+/// to the loops of the stage that reads it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Ix {
+    /// Always 0 (a unit axis).
+    Zero,
+    /// The `j`-th outer (row) loop index itself.
+    Outer(usize),
+    /// Anything else (an inner loop index, a shifted or data-dependent index).
+    Other,
 }
 
-impl Builder<'_> {
-    fn slot(&mut self, kind: SlotKind, storage: Storage, shape: Vec<Dim>) -> usize {
-        self.slots.push(Slot {
-            kind,
+/// The index at which an inline node reads argument `k`, given the index at
+/// which the node is read; mirrors `lower::compute`. `None`: the argument is
+/// not read element-wise here (never happens for inline nodes' arguments).
+pub fn arg_index(g: &Graph, h: Handle, k: usize, idx: &[Ix]) -> Vec<Ix> {
+    let n = g.node(h);
+    let a = n.args[k];
+    let ash = &g.ty(a).shape;
+    let bcast = |idx: &[Ix]| -> Vec<Ix> {
+        let lead = idx.len() - ash.len();
+        ash.iter()
+            .enumerate()
+            .map(|(j, d)| if d.is_one() { Ix::Zero } else { idx[lead + j] })
+            .collect()
+    };
+    match &n.op {
+        Op::Unary(_) | Op::Cast(_) | Op::StopGrad => idx.to_vec(),
+        Op::Binary(_) | Op::Where | Op::BroadcastTo(_) => bcast(idx),
+        Op::Reshape(shape) => {
+            let nu = |s: &[Dim]| {
+                s.iter()
+                    .filter(|d| !d.is_one())
+                    .cloned()
+                    .collect::<Vec<_>>()
+            };
+            if nu(ash) == nu(shape) {
+                let mut it = shape
+                    .iter()
+                    .zip(idx)
+                    .filter(|(d, _)| !d.is_one())
+                    .map(|(_, i)| *i);
+                ash.iter()
+                    .map(|d| {
+                        if d.is_one() {
+                            Ix::Zero
+                        } else {
+                            it.next().unwrap_or(Ix::Other)
+                        }
+                    })
+                    .collect()
+            } else {
+                vec![Ix::Other; ash.len()]
+            }
+        }
+        Op::Transpose(perm) => {
+            let mut out = vec![Ix::Other; ash.len()];
+            for (i, &p) in perm.iter().enumerate() {
+                out[p] = idx[i];
+            }
+            out
+        }
+        Op::Slice { axis, .. } | Op::Pad { axis, .. } | Op::Reverse(axis) => {
+            let mut out = idx.to_vec();
+            out[*axis] = Ix::Other;
+            out
+        }
+        Op::TakeAlong(axis) => {
+            let mut out = idx.to_vec();
+            if k == 0 {
+                out[*axis] = Ix::Other;
+            }
+            out
+        }
+        Op::IndexSelect(axis) => {
+            let ir = g.ty(n.args[1]).rank();
+            if k == 0 {
+                let mut out = idx[..*axis].to_vec();
+                out.push(Ix::Other);
+                out.extend_from_slice(&idx[*axis + ir..]);
+                out
+            } else {
+                idx[*axis..*axis + ir].to_vec()
+            }
+        }
+        Op::OneHot(_) => idx[..idx.len() - 1].to_vec(),
+        Op::SearchSorted { .. } => {
+            if k == 0 {
+                vec![Ix::Other; ash.len()]
+            } else {
+                idx.to_vec()
+            }
+        }
+        Op::ScatterAddAlong(axis) => {
+            let mut out = idx.to_vec();
+            if k > 0 {
+                out[*axis] = Ix::Zero;
+            }
+            out
+        }
+        Op::Rand(..) => vec![],
+        Op::Input(_)
+        | Op::Param(_)
+        | Op::State(_)
+        | Op::Const(..)
+        | Op::DimSize(_)
+        | Op::Fill(..)
+        | Op::Iota(_)
+        | Op::Reduce { .. }
+        | Op::ArgMax(_)
+        | Op::ArgMin(_)
+        | Op::Norm { .. }
+        | Op::Concat(_)
+        | Op::IndexAdd(_)
+        | Op::ScatterSet(_)
+        | Op::MatMul
+        | Op::Argsort { .. }
+        | Op::Cumsum { .. }
+        | Op::LogCumSumExp { .. } => vec![Ix::Other; ash.len()],
+    }
+}
+
+/// The value a stage computes for its own node(s), and where it starts
+/// reading: `(node, index pattern)` pairs for the walk over inline producers.
+pub fn stage_reads(g: &Graph, st: &Stage, outer: usize) -> Vec<(Handle, Vec<Ix>)> {
+    let pat = |rank: usize| -> Vec<Ix> {
+        (0..rank)
+            .map(|a| if a < outer { Ix::Outer(a) } else { Ix::Other })
+            .collect()
+    };
+    let args_of = |h: Handle, idx: &[Ix]| -> Vec<(Handle, Vec<Ix>)> {
+        let n = g.node(h);
+        (0..n.args.len())
+            .map(|k| (n.args[k], arg_index(g, h, k, idx)))
+            .collect()
+    };
+    match st {
+        Stage::Map { nodes } => nodes
+            .iter()
+            .flat_map(|&h| args_of(h, &pat(g.ty(h).rank())))
+            .collect(),
+        Stage::Reduce { node, .. } => {
+            let x = g.node(*node).args[0];
+            vec![(x, pat(g.ty(x).rank()))]
+        }
+        Stage::Check { node } => {
+            let n = g.node(*node);
+            let ix = match n.op {
+                Op::OneHot(_) => n.args[0],
+                _ => n.args[1],
+            };
+            vec![(ix, pat(g.ty(ix).rank()))]
+        }
+        Stage::Finish { .. } => vec![],
+        Stage::Special { node, .. } => {
+            let n = g.node(*node);
+            n.args
+                .iter()
+                .map(|&a| (a, vec![Ix::Other; g.ty(a).rank()]))
+                .collect()
+        }
+    }
+}
+
+/// The nodes a stage computes (stores, or keeps in registers).
+pub fn stage_nodes(st: &Stage) -> Vec<Handle> {
+    match st {
+        Stage::Map { nodes } => nodes.clone(),
+        Stage::Reduce { node, .. } | Stage::Finish { node, .. } | Stage::Special { node, .. } => {
+            vec![*node]
+        }
+        Stage::Check { .. } => vec![],
+    }
+}
+
+/// A read of a produced (not inline) value by a stage, with its index pattern.
+struct Read {
+    node: Handle,
+    idx: Vec<Ix>,
+}
+
+/// Everything a stage reads that is not computed inline: walks the inline
+/// producers from the stage's own reads.
+fn produced_reads(
+    g: &Graph,
+    inline: &dyn Fn(Handle) -> bool,
+    st: &Stage,
+    outer: usize,
+) -> Vec<Read> {
+    let mut out = vec![];
+    let mut seen: HashSet<(Handle, Vec<Ix>)> = HashSet::new();
+    let mut stack = stage_reads(g, st, outer);
+    while let Some((h, idx)) = stack.pop() {
+        if !seen.insert((h, idx.clone())) {
+            continue;
+        }
+        if inline(h) {
+            let n = g.node(h);
+            for k in 0..n.args.len() {
+                stack.push((n.args[k], arg_index(g, h, k, &idx)));
+            }
+        } else {
+            out.push(Read { node: h, idx });
+        }
+    }
+    out
+}
+
+/// Rough cost of computing a node in registers, for the recompute-or-store choice.
+fn op_cost(op: &Op) -> u32 {
+    match op {
+        Op::Unary(u) => match u {
+            UnaryOp::Neg | UnaryOp::Abs | UnaryOp::Sign | UnaryOp::Relu | UnaryOp::Not => 1,
+            UnaryOp::Floor | UnaryOp::Round | UnaryOp::Sqrt | UnaryOp::IsFinite => 2,
+            UnaryOp::Rsqrt => 4,
+            _ => 12,
+        },
+        Op::Binary(b) => match b {
+            losslang_compiler::ops::BinaryOp::Div | losslang_compiler::ops::BinaryOp::FloorDiv => 4,
+            losslang_compiler::ops::BinaryOp::Pow => 20,
+            _ => 1,
+        },
+        Op::Rand(..) => 20,
+        Op::TakeAlong(_) | Op::IndexSelect(_) | Op::SearchSorted { .. } | Op::Pad { .. } => 4,
+        _ => 1,
+    }
+}
+
+struct Plan<'g> {
+    g: &'g Graph,
+    need: Vec<bool>,
+    /// Stored (a slot), as opposed to inline.
+    stored: Vec<bool>,
+    /// Scratch slots made so far (numbered after the node slots at the end).
+    scratch: Vec<Slot>,
+}
+
+/// A scratch id before numbering: `usize::MAX - k` marks scratch `k`.
+const SCRATCH_TAG: usize = usize::MAX / 2;
+
+impl Plan<'_> {
+    fn scratch(&mut self, storage: Storage, shape: Vec<Dim>) -> usize {
+        self.scratch.push(Slot {
+            kind: SlotKind::Scratch,
             storage,
             shape,
         });
-        self.slots.len() - 1
+        SCRATCH_TAG + self.scratch.len() - 1
     }
 
-    fn node_slot(&mut self, h: Handle) -> usize {
-        let ty = self.g.ty(h).clone();
-        let s = self.slot(SlotKind::Node(h), storage(ty.dtype), ty.shape);
-        self.place[h.index()] = Place::Slot(s);
-        s
+    fn inline(&self, h: Handle) -> bool {
+        !self.stored[h.index()] && matches!(class(self.g, h), Class::Leaf | Class::Elementwise)
     }
 
-    fn scratch(&mut self, storage: Storage, shape: Vec<Dim>) -> usize {
-        self.slot(SlotKind::Scratch, storage, shape)
+    /// The cost of recomputing `h` (through its inline producers).
+    fn cost(&self, h: Handle, memo: &mut HashMap<Handle, u32>) -> u32 {
+        if let Some(c) = memo.get(&h) {
+            return *c;
+        }
+        let n = self.g.node(h);
+        let mut c = op_cost(&n.op);
+        for &a in &n.args {
+            if self.inline(a) {
+                c = c.saturating_add(self.cost(a, memo));
+            }
+        }
+        memo.insert(h, c);
+        c
     }
-}
 
-/// Scratch memory a reduction or special stage needs.
-fn stage_for(b: &mut Builder, h: Handle) -> Stage {
-    let g = b.g;
-    let n = g.node(h);
-    match class(&n.op) {
-        Class::Reduction => {
-            let acc = if reduces_in_registers(g, h) {
-                None
-            } else {
-                let st = match (&n.op, n.ty.dtype) {
-                    (Op::Reduce { kind, .. }, d)
-                        if *kind != losslang_compiler::ops::ReduceKind::Sum =>
-                    {
-                        storage(d)
-                    }
+    /// The stage computing a stored or reduced node, with its scratch.
+    fn stage_for(&mut self, h: Handle, split: bool) -> Stage {
+        let g = self.g;
+        let n = g.node(h);
+        match class(g, h) {
+            Class::Reduction => {
+                let xs = g.ty(n.args[0]).shape.clone();
+                let st = match (&n.op, g.ty(n.args[0]).dtype) {
+                    (Op::Reduce { kind, .. }, d) if *kind != ReduceKind::Sum => storage(d),
                     (_, DType::I64) => Storage::I64,
                     _ => Storage::F64,
                 };
-                Some(b.scratch(st, n.ty.shape.clone()))
-            };
-            Stage::Reduce { node: h, acc }
-        }
-        Class::Special => {
-            let scratch = match &n.op {
-                Op::ScatterSet(axis) => {
-                    let size = g.ty(n.args[0]).shape[*axis].clone();
-                    Some(b.scratch(Storage::U8, vec![size]))
+                if split {
+                    let rows = self.scratch(st, vec![xs[0].clone()]);
+                    return Stage::Reduce {
+                        node: h,
+                        acc: None,
+                        rows: Some(rows),
+                    };
                 }
-                Op::ScatterAddAlong(_) | Op::IndexAdd(_) if n.ty.dtype == DType::F32 => {
-                    Some(b.scratch(Storage::F64, n.ty.shape.clone()))
+                let acc = if reduces_in_registers(g, h) {
+                    None
+                } else {
+                    Some(self.scratch(st, n.ty.shape.clone()))
+                };
+                Stage::Reduce {
+                    node: h,
+                    acc,
+                    rows: None,
                 }
-                _ => None,
-            };
-            Stage::Special { node: h, scratch }
+            }
+            Class::Special => {
+                let scratch = match &n.op {
+                    Op::ScatterSet(axis) => {
+                        let size = g.ty(n.args[0]).shape[*axis].clone();
+                        Some(self.scratch(Storage::U8, vec![size]))
+                    }
+                    Op::ScatterAddAlong(_) | Op::IndexAdd(_) if n.ty.dtype == DType::F32 => {
+                        Some(self.scratch(Storage::F64, n.ty.shape.clone()))
+                    }
+                    _ => None,
+                };
+                Stage::Special { node: h, scratch }
+            }
+            Class::External | Class::Leaf | Class::Elementwise => Stage::Map { nodes: vec![h] },
         }
-        Class::External | Class::Leaf | Class::Elementwise => Stage::Map { nodes: vec![h] },
     }
 }
 
-/// The unfused schedule: every needed node that is not a leaf gets a slot and
-/// a kernel of its own.
-pub fn build(g: &Graph, roots: &[Handle]) -> Schedule {
+/// How a stage node relates to a row loop over `d0`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RowFit {
+    /// Runs per row: its loop nest starts with `d0`.
+    Row,
+    /// A reduction over every axis, the row axis included: per-row partials.
+    Split,
+    /// Not per row.
+    No,
+}
+
+fn row_dim(g: &Graph, st: &Stage) -> Option<(Dim, RowFit)> {
+    let lead = |h: Handle| g.ty(h).shape.first().filter(|d| !d.is_one()).cloned();
+    match st {
+        Stage::Map { nodes } => lead(nodes[0]).map(|d| (d, RowFit::Row)),
+        Stage::Check { node } => {
+            let n = g.node(*node);
+            let ix = match n.op {
+                Op::OneHot(_) => n.args[0],
+                _ => n.args[1],
+            };
+            lead(ix).map(|d| (d, RowFit::Row))
+        }
+        Stage::Reduce { node, .. } => {
+            let n = g.node(*node);
+            let x = n.args[0];
+            let d = lead(x)?;
+            let axes = reduced_axes(&n.op);
+            if !axes.contains(&0) {
+                Some((d, RowFit::Row))
+            } else if matches!(n.op, Op::Reduce { .. } | Op::Norm { .. })
+                && axes.len() == g.ty(x).rank()
+            {
+                Some((d, RowFit::Split))
+            } else {
+                None
+            }
+        }
+        Stage::Finish { .. } | Stage::Special { .. } => None,
+    }
+}
+
+/// A kernel being built.
+struct Building {
+    outer: Option<Dim>,
+    stages: Vec<Stage>,
+    /// Nodes computed here (stored or in registers).
+    produced: HashSet<Handle>,
+    /// Split reductions whose values exist only after the finishing kernel.
+    pending: Vec<(Handle, usize)>,
+}
+
+impl Building {
+    fn new(outer: Option<Dim>) -> Building {
+        Building {
+            outer,
+            stages: vec![],
+            produced: HashSet::new(),
+            pending: vec![],
+        }
+    }
+
+    fn finish(self, out: &mut Vec<Kernel>) {
+        let parallel = self.outer.is_some();
+        out.push(Kernel {
+            outer: self.outer.into_iter().collect(),
+            stages: self.stages,
+            parallel,
+        });
+        if !self.pending.is_empty() {
+            out.push(Kernel {
+                outer: vec![],
+                stages: self
+                    .pending
+                    .into_iter()
+                    .map(|(node, rows)| Stage::Finish { node, rows })
+                    .collect(),
+                parallel: false,
+            });
+        }
+    }
+
+    /// Whether `reads` only touch this kernel's values in the row being computed.
+    fn reads_own_rows(&self, reads: &[Read]) -> bool {
+        reads.iter().all(|r| {
+            if self.pending.iter().any(|(h, _)| *h == r.node) {
+                return false;
+            }
+            !self.produced.contains(&r.node) || r.idx.first() == Some(&Ix::Outer(0))
+        })
+    }
+
+    fn depends_on(&self, reads: &[Read]) -> bool {
+        reads.iter().any(|r| {
+            self.produced.contains(&r.node) || self.pending.iter().any(|(h, _)| *h == r.node)
+        })
+    }
+
+    /// Adds a stage, merging independent stores of one shape into one loop nest.
+    fn push(&mut self, g: &Graph, st: Stage, reads: &[Read]) {
+        let made = stage_nodes(&st);
+        if let (Stage::Map { nodes }, Some(Stage::Map { nodes: last })) =
+            (&st, self.stages.last_mut())
+            && g.ty(last[0]).shape == g.ty(nodes[0]).shape
+            && !reads.iter().any(|r| last.contains(&r.node))
+        {
+            last.extend(nodes.iter().copied());
+        } else {
+            if let Stage::Reduce {
+                node,
+                rows: Some(r),
+                ..
+            } = &st
+            {
+                self.pending.push((*node, *r));
+            }
+            self.stages.push(st);
+        }
+        for h in made {
+            if !self.pending.iter().any(|(p, _)| *p == h) {
+                self.produced.insert(h);
+            }
+        }
+    }
+}
+
+/// The fused schedule the JIT runs.
+pub fn fuse(g: &Graph, roots: &[Handle]) -> Schedule {
+    plan(g, roots, true)
+}
+
+/// Every needed node stored and computed by a kernel of its own (the
+/// reference point for fusion's correctness).
+pub fn unfused(g: &Graph, roots: &[Handle]) -> Schedule {
+    plan(g, roots, false)
+}
+
+fn plan(g: &Graph, roots: &[Handle], fusion: bool) -> Schedule {
     let need = needed(g, roots);
-    let mut b = Builder {
-        g,
-        place: vec![Place::Dead; g.len()],
-        slots: vec![],
-    };
     let mut roots_sorted: Vec<Handle> = roots.to_vec();
     roots_sorted.sort();
     roots_sorted.dedup();
-    // Caller-bound values first, in declaration order.
+    let mut p = Plan {
+        g,
+        stored: vec![false; g.len()],
+        need,
+        scratch: vec![],
+    };
+    // What must be stored.
     for (i, n) in g.nodes.iter().enumerate() {
-        if !need[i] {
+        if !p.need[i] {
+            continue;
+        }
+        let h = Handle(i as u32);
+        p.stored[i] |= match class(g, h) {
+            Class::External | Class::Special | Class::Reduction => true,
+            Class::Elementwise => !fusion,
+            Class::Leaf => false,
+        };
+        for &a in needs_slot_args(&n.op) {
+            p.stored[n.args[a].index()] = true;
+        }
+        if let Op::Reshape(shape) = &n.op {
+            let nu = |s: &[Dim]| {
+                s.iter()
+                    .filter(|d| !d.is_one())
+                    .cloned()
+                    .collect::<Vec<_>>()
+            };
+            let a = n.args[0];
+            if nu(&g.ty(a).shape) != nu(shape) && class(g, a) != Class::Leaf {
+                // A flat read of a stored value beats a div/mod per element.
+                p.stored[a.index()] = true;
+            }
+        }
+    }
+    for r in &roots_sorted {
+        p.stored[r.index()] = true;
+    }
+    if fusion {
+        // An expensive value that a consumer broadcasts along an inner axis
+        // would be recomputed for every element of that axis: store it.
+        let mut memo = HashMap::new();
+        for i in (0..g.len()).rev() {
+            if !p.need[i] || !p.inline(Handle(i as u32)) {
+                continue;
+            }
+            let n = &g.nodes[i];
+            if !matches!(n.op, Op::Binary(_) | Op::Where | Op::BroadcastTo(_)) {
+                continue;
+            }
+            let os = &n.ty.shape;
+            for &a in &n.args {
+                if !p.inline(a) || class(g, a) == Class::Leaf {
+                    continue;
+                }
+                let ash = &g.ty(a).shape;
+                let lead = os.len() - ash.len();
+                let broadcast =
+                    (0..os.len()).any(|j| !os[j].is_one() && (j < lead || ash[j - lead].is_one()));
+                // Hoisting out of the inner loops helps only a value that
+                // varies along the row axis alone.
+                let varies_inside = (1..os.len()).any(|j| j >= lead && !ash[j - lead].is_one());
+                if broadcast && varies_inside && p.cost(a, &mut memo) >= 8 {
+                    p.stored[a.index()] = true;
+                    memo.clear();
+                }
+            }
+        }
+    }
+    // The stages, in node order.
+    let mut stage_list: Vec<Stage> = vec![];
+    for i in 0..g.len() {
+        let h = Handle(i as u32);
+        if !p.need[i] {
+            continue;
+        }
+        let c = class(g, h);
+        if checked_separately(g, h) {
+            stage_list.push(Stage::Check { node: h });
+        }
+        if p.stored[i] && c != Class::External {
+            stage_list.push(Stage::Map { nodes: vec![h] });
+        }
+    }
+    // Stage kinds (reductions, specials) and kernels.
+    let mut kernels: Vec<Kernel> = vec![];
+    let inline_of = |stored: &[bool], h: Handle| -> bool {
+        !stored[h.index()] && matches!(class(g, h), Class::Leaf | Class::Elementwise)
+    };
+    if !fusion {
+        for st in stage_list {
+            let st = match st {
+                Stage::Map { nodes } => p.stage_for(nodes[0], false),
+                other => other,
+            };
+            kernels.push(Kernel {
+                outer: vec![],
+                stages: vec![st],
+                parallel: false,
+            });
+        }
+    } else {
+        let mut open: Option<Building> = None;
+        let mut before: Vec<Building> = vec![];
+        let close =
+            |open: &mut Option<Building>, before: &mut Vec<Building>, kernels: &mut Vec<Kernel>| {
+                for b in before.drain(..) {
+                    b.finish(kernels);
+                }
+                if let Some(k) = open.take() {
+                    k.finish(kernels);
+                }
+            };
+        for st in stage_list {
+            let proto = match &st {
+                Stage::Map { nodes } => {
+                    let h = nodes[0];
+                    match class(g, h) {
+                        Class::Reduction => Stage::Reduce {
+                            node: h,
+                            acc: None,
+                            rows: None,
+                        },
+                        Class::Special => Stage::Special {
+                            node: h,
+                            scratch: None,
+                        },
+                        _ => st.clone(),
+                    }
+                }
+                other => other.clone(),
+            };
+            let fit = row_dim(g, &proto);
+            let stored = p.stored.clone();
+            let inl = |h: Handle| inline_of(&stored, h);
+            let reads = produced_reads(g, &inl, &proto, usize::from(fit.is_some()));
+            let make = |p: &mut Plan, split: bool| -> Stage {
+                match &proto {
+                    Stage::Reduce { node, .. } | Stage::Special { node, .. } => {
+                        p.stage_for(*node, split)
+                    }
+                    other => other.clone(),
+                }
+            };
+            let split = matches!(fit, Some((_, RowFit::Split)));
+            let joinable = |k: &Building| match (&k.outer, &fit) {
+                (Some(d0), Some((d, _))) => d0 == d && k.reads_own_rows(&reads),
+                (None, None) => true,
+                _ => false,
+            };
+            // Joins the open kernel?
+            if let Some(k) = open.as_mut()
+                && joinable(k)
+            {
+                let s = make(&mut p, split);
+                k.push(g, s, &reads);
+                continue;
+            }
+            // Independent of the open kernel: runs before it.
+            if let Some(k) = open.as_ref()
+                && !k.depends_on(&reads)
+            {
+                let s = make(&mut p, split);
+                match before.last_mut() {
+                    Some(b) if joinable(b) => b.push(g, s, &reads),
+                    _ => {
+                        let mut b = Building::new(fit.as_ref().map(|(d, _)| d.clone()));
+                        b.push(g, s, &reads);
+                        before.push(b);
+                    }
+                }
+                continue;
+            }
+            close(&mut open, &mut before, &mut kernels);
+            let s = make(&mut p, split);
+            match fit {
+                Some((d, _)) => {
+                    let mut b = Building::new(Some(d));
+                    b.push(g, s, &reads);
+                    open = Some(b);
+                }
+                None => {
+                    // Stand-alone stages run one after another in one kernel.
+                    if let Some(last) = kernels.last_mut()
+                        && last.outer.is_empty()
+                    {
+                        last.stages.push(s);
+                    } else {
+                        let mut b = Building::new(None);
+                        b.push(g, s, &reads);
+                        open = Some(b);
+                    }
+                }
+            }
+        }
+        close(&mut open, &mut before, &mut kernels);
+    }
+    // Row statistics used only inside their own row kernel stay in registers.
+    let mut place = vec![Place::Dead; g.len()];
+    if fusion {
+        let stored = p.stored.clone();
+        let inl = |h: Handle| inline_of(&stored, h);
+        let mut users: HashMap<Handle, BTreeSet<usize>> = HashMap::new();
+        for (ki, k) in kernels.iter().enumerate() {
+            for st in &k.stages {
+                for r in produced_reads(g, &inl, st, k.outer.len()) {
+                    users.entry(r.node).or_default().insert(ki);
+                }
+            }
+        }
+        for (ki, k) in kernels.iter().enumerate() {
+            if k.outer.is_empty() {
+                continue;
+            }
+            for st in &k.stages {
+                if let Stage::Reduce {
+                    node,
+                    acc: None,
+                    rows: None,
+                } = st
+                {
+                    let only_here = users.get(node).is_none_or(|u| u.iter().all(|&x| x == ki));
+                    if only_here
+                        && !roots_sorted.contains(node)
+                        && g.ty(*node).shape.iter().skip(1).all(Dim::is_one)
+                    {
+                        p.stored[node.index()] = false;
+                        place[node.index()] = Place::Inline;
+                    }
+                }
+            }
+        }
+    }
+    // Slots: caller-bound values, then stored nodes, then scratch.
+    let mut slots: Vec<Slot> = vec![];
+    for (i, n) in g.nodes.iter().enumerate() {
+        if !p.need[i] {
             continue;
         }
         let kind = match n.op {
@@ -279,44 +943,57 @@ pub fn build(g: &Graph, roots: &[Handle]) -> Schedule {
             Op::State(k) => SlotKind::State(k),
             _ => continue,
         };
-        let s = b.slot(kind, storage(n.ty.dtype), n.ty.shape.clone());
-        b.place[i] = Place::Slot(s);
-    }
-    let mut must_slot = vec![false; g.len()];
-    for r in &roots_sorted {
-        must_slot[r.index()] = true;
+        slots.push(Slot {
+            kind,
+            storage: storage(n.ty.dtype),
+            shape: n.ty.shape.clone(),
+        });
+        place[i] = Place::Slot(slots.len() - 1);
     }
     for (i, n) in g.nodes.iter().enumerate() {
-        if need[i] {
-            for &a in needs_slot_args(&n.op) {
-                must_slot[n.args[a].index()] = true;
+        if !p.need[i] || place[i] != Place::Dead {
+            continue;
+        }
+        if p.stored[i] {
+            slots.push(Slot {
+                kind: SlotKind::Node(Handle(i as u32)),
+                storage: storage(n.ty.dtype),
+                shape: n.ty.shape.clone(),
+            });
+            place[i] = Place::Slot(slots.len() - 1);
+        } else {
+            place[i] = Place::Inline;
+        }
+    }
+    let base = slots.len();
+    slots.extend(p.scratch.iter().cloned());
+    let fix = |x: &mut usize| {
+        if *x >= SCRATCH_TAG {
+            *x = *x - SCRATCH_TAG + base;
+        }
+    };
+    for k in &mut kernels {
+        for st in &mut k.stages {
+            match st {
+                Stage::Reduce { acc, rows, .. } => {
+                    if let Some(a) = acc {
+                        fix(a);
+                    }
+                    if let Some(r) = rows {
+                        fix(r);
+                    }
+                }
+                Stage::Finish { rows, .. } => fix(rows),
+                Stage::Special { scratch, .. } => {
+                    if let Some(a) = scratch {
+                        fix(a);
+                    }
+                }
+                Stage::Map { .. } | Stage::Check { .. } => {}
             }
         }
     }
-    let mut kernels = vec![];
-    for (i, n) in g.nodes.iter().enumerate() {
-        if !need[i] || b.place[i] != Place::Dead {
-            continue;
-        }
-        let h = Handle(i as u32);
-        if class(&n.op) == Class::Leaf && !must_slot[i] {
-            b.place[i] = Place::Inline;
-            continue;
-        }
-        b.node_slot(h);
-        let stage = stage_for(&mut b, h);
-        kernels.push(Kernel {
-            outer: vec![],
-            stages: vec![stage],
-            parallel: false,
-        });
-    }
-    finish(g, roots_sorted, b.place, b.slots, kernels)
-}
-
-/// The schedule the JIT uses.
-pub fn fuse(g: &Graph, roots: &[Handle]) -> Schedule {
-    build(g, roots)
+    finish(g, roots_sorted, place, slots, kernels)
 }
 
 fn op_dims(op: &Op, out: &mut BTreeSet<Dim>) {
@@ -339,86 +1016,85 @@ fn op_dims(op: &Op, out: &mut BTreeSet<Dim>) {
     }
 }
 
-/// The dims a kernel reads (constant ones included): shapes of every node it
-/// touches (stored, inlined or read), op attributes, slot shapes and its outer loops.
-pub fn kernel_dims(g: &Graph, s: &Schedule, k: &Kernel) -> BTreeSet<Dim> {
-    let mut out: BTreeSet<Dim> = k.outer.iter().cloned().collect();
-    let mut seen = vec![false; g.len()];
+fn stage_scratch(st: &Stage) -> Vec<usize> {
+    match st {
+        Stage::Reduce { acc, rows, .. } => acc.iter().chain(rows.iter()).copied().collect(),
+        Stage::Finish { rows, .. } => vec![*rows],
+        Stage::Special { scratch, .. } => scratch.iter().copied().collect(),
+        Stage::Map { .. } | Stage::Check { .. } => vec![],
+    }
+}
+
+/// Nodes whose values a kernel computes or reads: stage nodes, their inline
+/// producers (walked), and the produced values those read.
+fn kernel_nodes(g: &Graph, s: &Schedule, k: &Kernel) -> (Vec<Handle>, Vec<Handle>) {
+    let mut computed = BTreeSet::new();
+    let mut read = BTreeSet::new();
     let mut stack: Vec<Handle> = vec![];
     for st in &k.stages {
-        match st {
-            Stage::Map { nodes } => stack.extend(nodes.iter().copied()),
-            Stage::Reduce { node, acc } => {
-                stack.push(*node);
-                if let Some(a) = acc {
-                    out.extend(s.slots[*a].shape.iter().cloned());
-                }
-            }
-            Stage::Special { node, scratch } => {
-                stack.push(*node);
-                if let Some(a) = scratch {
-                    out.extend(s.slots[*a].shape.iter().cloned());
-                }
-            }
+        for h in stage_nodes(st) {
+            computed.insert(h);
+            stack.extend(g.node(h).args.iter().copied());
+        }
+        if let Stage::Check { node } = st {
+            stack.extend(g.node(*node).args.iter().copied());
         }
     }
-    // Stage nodes and inline nodes are computed here: their arguments are read
-    // or inlined, so their shapes matter too.
+    let mut seen = HashSet::new();
     while let Some(h) = stack.pop() {
-        if seen[h.index()] {
+        if !seen.insert(h) {
             continue;
         }
-        seen[h.index()] = true;
-        let n = g.node(h);
+        if s.place[h.index()] == Place::Inline && !computed.contains(&h) {
+            if matches!(class(g, h), Class::Leaf | Class::Elementwise) {
+                computed.insert(h);
+                stack.extend(g.node(h).args.iter().copied());
+            } else {
+                // A register row statistic computed by an earlier stage.
+                read.insert(h);
+            }
+        } else {
+            read.insert(h);
+        }
+    }
+    (computed.into_iter().collect(), read.into_iter().collect())
+}
+
+/// The dims a kernel reads (constant ones included): shapes of every node it
+/// computes or reads, their arguments' shapes, op attributes, slot shapes
+/// and its outer loops.
+pub fn kernel_dims(g: &Graph, s: &Schedule, k: &Kernel) -> BTreeSet<Dim> {
+    let mut out: BTreeSet<Dim> = k.outer.iter().cloned().collect();
+    let (computed, read) = kernel_nodes(g, s, k);
+    for h in computed.iter().chain(&read) {
+        let n = g.node(*h);
         out.extend(n.ty.shape.iter().cloned());
         op_dims(&n.op, &mut out);
-        if s.place[h.index()] == Place::Inline || is_stage_node(k, h) {
-            for &a in &n.args {
-                out.extend(g.ty(a).shape.iter().cloned());
-                stack.push(a);
-            }
+    }
+    for h in &computed {
+        for a in &g.node(*h).args {
+            out.extend(g.ty(*a).shape.iter().cloned());
+        }
+    }
+    for st in &k.stages {
+        for sl in stage_scratch(st) {
+            out.extend(s.slots[sl].shape.iter().cloned());
         }
     }
     out
 }
 
-fn is_stage_node(k: &Kernel, h: Handle) -> bool {
-    k.stages.iter().any(|st| match st {
-        Stage::Map { nodes } => nodes.contains(&h),
-        Stage::Reduce { node, .. } | Stage::Special { node, .. } => *node == h,
-    })
-}
-
 /// The slots a kernel touches (read or written).
 pub fn kernel_slots(g: &Graph, s: &Schedule, k: &Kernel) -> BTreeSet<usize> {
     let mut out = BTreeSet::new();
-    let mut seen = vec![false; g.len()];
-    let mut stack: Vec<Handle> = vec![];
-    for st in &k.stages {
-        match st {
-            Stage::Map { nodes } => stack.extend(nodes.iter().copied()),
-            Stage::Reduce { node, acc } => {
-                stack.push(*node);
-                out.extend(*acc);
-            }
-            Stage::Special { node, scratch } => {
-                stack.push(*node);
-                out.extend(*scratch);
-            }
-        }
-    }
-    while let Some(h) = stack.pop() {
-        if seen[h.index()] {
-            continue;
-        }
-        seen[h.index()] = true;
+    let (computed, read) = kernel_nodes(g, s, k);
+    for h in computed.iter().chain(&read) {
         if let Place::Slot(sl) = s.place[h.index()] {
             out.insert(sl);
         }
-        let computed_here = s.place[h.index()] == Place::Inline || is_stage_node(k, h);
-        if computed_here {
-            stack.extend(g.node(h).args.iter().copied());
-        }
+    }
+    for st in &k.stages {
+        out.extend(stage_scratch(st));
     }
     out
 }
@@ -464,10 +1140,11 @@ impl Schedule {
     }
 }
 
-/// The `--stage sched` text form: slots, then each kernel as a loop nest.
+/// The `--stage sched` text form: slots, then each kernel as a loop nest in
+/// the style of Halide's `print_loop_nest`.
 pub fn print(g: &Graph, s: &Schedule, title: &str) -> String {
     let mut o = String::new();
-    let _ = writeln!(o, "; {title}");
+    let _ = writeln!(o, "; {title}: {} kernels", s.kernels.len());
     for (i, sl) in s.slots.iter().enumerate() {
         let what = match &sl.kind {
             SlotKind::Input(k) => format!("input {}", g.inputs[*k].name),
@@ -487,8 +1164,12 @@ pub fn print(g: &Graph, s: &Schedule, title: &str) -> String {
         let _ = writeln!(o, "kernel k{ki}:");
         let mut ind = 1;
         for (j, d) in k.outer.iter().enumerate() {
-            let par = if j == 0 { " parallel" } else { "" };
-            let _ = writeln!(o, "{}for o{j} in 0..{d}:{par}", "  ".repeat(ind));
+            let par = if j == 0 && k.parallel {
+                "  // parallel"
+            } else {
+                ""
+            };
+            let _ = writeln!(o, "{}for r{j} in 0..{d}:{par}", "  ".repeat(ind));
             ind += 1;
         }
         for st in &k.stages {
@@ -498,82 +1179,99 @@ pub fn print(g: &Graph, s: &Schedule, title: &str) -> String {
     o
 }
 
-fn inline_list(g: &Graph, s: &Schedule, roots: &[Handle]) -> Vec<Handle> {
+/// The inline nodes a stage computes, in node order.
+fn inline_list(g: &Graph, s: &Schedule, st: &Stage) -> Vec<Handle> {
     let mut seen = BTreeSet::new();
+    let own = stage_nodes(st);
     let mut stack: Vec<Handle> = vec![];
-    for r in roots {
-        stack.extend(g.node(*r).args.iter().copied());
+    for h in &own {
+        stack.extend(g.node(*h).args.iter().copied());
+    }
+    if let Stage::Check { node } = st {
+        stack.extend(g.node(*node).args.iter().copied());
     }
     while let Some(h) = stack.pop() {
-        if s.place[h.index()] == Place::Inline && seen.insert(h) {
+        if s.place[h.index()] == Place::Inline
+            && matches!(class(g, h), Class::Leaf | Class::Elementwise)
+            && !own.contains(&h)
+            && seen.insert(h)
+        {
             stack.extend(g.node(h).args.iter().copied());
         }
     }
     seen.into_iter().collect()
 }
 
+fn describe(g: &Graph, s: &Schedule, h: Handle) -> String {
+    let n = g.node(h);
+    let args: Vec<String> = n.args.iter().map(|a| a.to_string()).collect();
+    let at = match s.place[h.index()] {
+        Place::Slot(sl) => format!(" -> s{sl}"),
+        Place::Inline | Place::Dead => String::new(),
+    };
+    format!("{h} = {} {} : {}{at}", n.op.name(), args.join(", "), n.ty)
+}
+
 fn print_stage(g: &Graph, s: &Schedule, k: &Kernel, st: &Stage, ind: usize, o: &mut String) {
     let pad = |n: usize| "  ".repeat(n);
-    let describe = |h: Handle| -> String {
-        let n = g.node(h);
-        let args: Vec<String> = n.args.iter().map(|a| a.to_string()).collect();
-        let at = match s.place[h.index()] {
-            Place::Slot(sl) => format!(" -> s{sl}"),
-            Place::Inline | Place::Dead => " (registers)".into(),
-        };
-        format!("{h} = {} {}{at}", n.op.name(), args.join(", "))
+    let loops = |shape: &[Dim], skip: &[usize], o: &mut String| -> usize {
+        let mut i = ind;
+        for (a, d) in shape.iter().enumerate().skip(k.outer.len()) {
+            if !d.is_one() && !skip.contains(&a) {
+                let _ = writeln!(o, "{}for i{a} in 0..{d}:", pad(i));
+                i += 1;
+            }
+        }
+        i
+    };
+    let body = |i: usize, o: &mut String| {
+        for h in inline_list(g, s, st) {
+            let _ = writeln!(o, "{}{}", pad(i), describe(g, s, h));
+        }
     };
     match st {
         Stage::Map { nodes } => {
-            let shape = &g.ty(nodes[0]).shape;
-            let mut i = ind;
-            for (a, d) in shape.iter().enumerate().skip(k.outer.len()) {
-                if !d.is_one() {
-                    let _ = writeln!(o, "{}for i{a} in 0..{d}:", pad(i));
-                    i += 1;
-                }
-            }
-            for h in inline_list(g, s, nodes) {
-                let _ = writeln!(o, "{}{}", pad(i), describe(h));
-            }
+            let i = loops(&g.ty(nodes[0]).shape, &[], o);
+            body(i, o);
             for h in nodes {
-                let _ = writeln!(o, "{}store {}", pad(i), describe(*h));
+                let _ = writeln!(o, "{}store {}", pad(i), describe(g, s, *h));
             }
         }
-        Stage::Reduce { node, acc } => {
+        Stage::Reduce { node, acc, rows } => {
             let x = g.node(*node).args[0];
-            let axes = reduced_axes(&g.node(*node).op);
-            let xs = &g.ty(x).shape;
-            let how = match acc {
-                Some(a) => format!("accumulate in s{a}"),
-                None => "accumulate in registers".into(),
+            let how = match (acc, rows) {
+                (_, Some(r)) => format!("row partial -> s{r}"),
+                (Some(a), None) => format!("accumulate in s{a}"),
+                (None, None) => "in registers".into(),
             };
+            let i = loops(&g.ty(x).shape, &[], o);
+            body(i, o);
+            let _ = writeln!(o, "{}reduce {} ({how})", pad(i), describe(g, s, *node));
+        }
+        Stage::Finish { node, rows } => {
             let _ = writeln!(
                 o,
-                "{}reduce {} over axes {:?} of {} ({how}):",
+                "{}finish {} from row partials s{rows}",
                 pad(ind),
-                describe(*node),
-                axes,
-                shape_str(xs)
+                describe(g, s, *node)
             );
-            for h in inline_list(g, s, &[*node]) {
-                let _ = writeln!(o, "{}{}", pad(ind + 1), describe(h));
-            }
+        }
+        Stage::Check { node } => {
+            let n = g.node(*node);
+            let ix = match n.op {
+                Op::OneHot(_) => n.args[0],
+                _ => n.args[1],
+            };
+            let i = loops(&g.ty(ix).shape, &[], o);
+            body(i, o);
+            let _ = writeln!(o, "{}check the indices {ix} of {node}", pad(i));
         }
         Stage::Special { node, scratch } => {
             let sc = scratch
                 .map(|a| format!(" (scratch s{a})"))
                 .unwrap_or_default();
-            let _ = writeln!(
-                o,
-                "{}{} {}{sc}",
-                pad(ind),
-                g.node(*node).op.name(),
-                describe(*node)
-            );
-            for h in inline_list(g, s, &[*node]) {
-                let _ = writeln!(o, "{}{}", pad(ind + 1), describe(h));
-            }
+            let _ = writeln!(o, "{}{}{sc}", pad(ind), describe(g, s, *node));
+            body(ind + 1, o);
         }
     }
 }

@@ -22,7 +22,7 @@ use losslang_compiler::ops::UnaryOp;
 /// many mantissa patterns are hit): ~1.05M inputs per op.
 const STRIDE: u64 = 4099;
 /// Consecutive floats tested on each side of every dense-sweep centre.
-const RUN: i64 = 4096;
+const RUN: i64 = 2048;
 /// Pseudo-random f64 bit patterns tested per op.
 const F64_SAMPLES: usize = 400_000;
 
@@ -447,79 +447,119 @@ fn reference<T: Lane>(op: UnaryOp, xs: &[T]) -> Vec<T> {
 
 /// Runs every op in `BOUNDS` on every type/option combination; returns the
 /// failures (empty when all bounds hold) after printing the measured table.
-fn accuracy<T: Lane>(xs: &[T], bound_of: impl Fn(&(UnaryOp, u64, u64, u64)) -> (u64, u64)) {
-    let mut jit = Jit::new();
-    let mut failures = Vec::new();
+fn accuracy<T: Lane + Send + Sync>(
+    xs: &[T],
+    bound_of: impl Fn(&(UnaryOp, u64, u64, u64)) -> (u64, u64) + Sync,
+) {
+    // Ops are independent: spread them over the cores, each thread with its
+    // own JIT module.
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+    let mut results: Vec<(usize, Vec<String>, Vec<String>)> = std::thread::scope(|sc| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let bound_of = &bound_of;
+                sc.spawn(move || {
+                    let mut jit = Jit::new();
+                    BOUNDS
+                        .iter()
+                        .enumerate()
+                        .filter(|(i, _)| i % threads == t)
+                        .map(|(i, entry)| {
+                            let (bound, sub) = bound_of(entry);
+                            let (lines, failures) = check_op(&mut jit, entry.0, bound, sub, xs);
+                            (i, lines, failures)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("worker panicked"))
+            .collect()
+    });
+    results.sort_by_key(|r| r.0);
     println!(
         "{:<12} {:<6} {:<6} {:>14} {:>16} {:>18} {:>16}",
         "op", "type", "fma", "max ulp", "at x", "subnormal steps", "at x"
     );
-    for entry in BOUNDS {
-        let op = entry.0;
-        let (bound, sub_bound) = bound_of(entry);
-        let t0 = std::time::Instant::now();
-        let refs = reference(op, xs);
-        eprintln!("ref {:?}", t0.elapsed());
-        for opts in option_sets() {
-            let t0 = std::time::Instant::now();
-            let k = jit.kernel(op, T::SCALAR, opts);
-            eprintln!("compile {:?}", t0.elapsed());
-            let scalar = run(k, xs);
-            eprintln!("run {:?}", t0.elapsed());
-            let st = compare(xs, &refs, &scalar);
-            eprintln!("cmp {:?}", t0.elapsed());
-            println!(
-                "{:<12} {:<6} {:<6} {:>14} {:>16e} {:>18} {:>16e}",
-                op.name(),
-                T::SCALAR.to_string(),
-                opts.fma,
-                st.normal.ulps,
-                st.normal.at,
-                st.subnormal.ulps,
-                st.subnormal.at
-            );
-            let tag = format!("{} {} fma={}", op.name(), T::SCALAR, opts.fma);
-            if st.normal.ulps > bound {
-                failures.push(format!(
-                    "{tag}: {} ulp at x = {:e} (bound {bound})",
-                    st.normal.ulps, st.normal.at
-                ));
-            }
-            if st.subnormal.ulps > sub_bound {
-                failures.push(format!(
-                    "{tag}: {} subnormal steps at x = {:e} (bound {sub_bound})",
-                    st.subnormal.ulps, st.subnormal.at
-                ));
-            }
-            if !st.nan_mismatch.is_empty() {
-                failures.push(format!(
-                    "{tag}: NaN mismatch (x, got) {:?}",
-                    &st.nan_mismatch[..st.nan_mismatch.len().min(5)]
-                ));
-            }
-            check_specials(op, T::SCALAR, &scalar, xs, &refs, &mut failures);
-            // The vector loop runs the same expansion lane-wise, so it must
-            // agree bit for bit (NaN payloads aside), which also gives it the
-            // scalar's error bounds.
-            let k = jit.kernel(op, T::VECTOR, opts);
-            let vector = run(k, xs);
-            let differ = scalar
-                .iter()
-                .zip(&vector)
-                .zip(xs)
-                .find(|((a, b), _)| a.bits() != b.bits() && !(a.is_nan() && b.is_nan()));
-            if let Some(((a, b), x)) = differ {
-                failures.push(format!(
-                    "{} {} fma={}: vector differs from scalar at x = {x:?}: {b:?} vs {a:?}",
-                    op.name(),
-                    T::VECTOR,
-                    opts.fma
-                ));
-            }
-            check_specials(op, T::VECTOR, &vector, xs, &refs, &mut failures);
+    let mut failures = Vec::new();
+    for (_, lines, f) in results {
+        for l in lines {
+            println!("{l}");
         }
+        failures.extend(f);
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Measures one op on every type/option combination: the table lines and the
+/// violated bounds.
+fn check_op<T: Lane>(
+    jit: &mut Jit,
+    op: UnaryOp,
+    bound: u64,
+    sub_bound: u64,
+    xs: &[T],
+) -> (Vec<String>, Vec<String>) {
+    let mut lines = Vec::new();
+    let mut failures = Vec::new();
+    let refs = reference(op, xs);
+    for opts in option_sets() {
+        let k = jit.kernel(op, T::SCALAR, opts);
+        let scalar = run(k, xs);
+        let st = compare(xs, &refs, &scalar);
+        lines.push(format!(
+            "{:<12} {:<6} {:<6} {:>14} {:>16e} {:>18} {:>16e}",
+            op.name(),
+            T::SCALAR.to_string(),
+            opts.fma,
+            st.normal.ulps,
+            st.normal.at,
+            st.subnormal.ulps,
+            st.subnormal.at
+        ));
+        let tag = format!("{} {} fma={}", op.name(), T::SCALAR, opts.fma);
+        if st.normal.ulps > bound {
+            failures.push(format!(
+                "{tag}: {} ulp at x = {:e} (bound {bound})",
+                st.normal.ulps, st.normal.at
+            ));
+        }
+        if st.subnormal.ulps > sub_bound {
+            failures.push(format!(
+                "{tag}: {} subnormal steps at x = {:e} (bound {sub_bound})",
+                st.subnormal.ulps, st.subnormal.at
+            ));
+        }
+        if !st.nan_mismatch.is_empty() {
+            failures.push(format!(
+                "{tag}: NaN mismatch (x, got) {:?}",
+                &st.nan_mismatch[..st.nan_mismatch.len().min(5)]
+            ));
+        }
+        check_specials(op, T::SCALAR, &scalar, xs, &refs, &mut failures);
+        // The vector loop runs the same expansion lane-wise, so it must
+        // agree bit for bit (NaN payloads aside), which also gives it the
+        // scalar's error bounds.
+        let k = jit.kernel(op, T::VECTOR, opts);
+        let vector = run(k, xs);
+        let differ = scalar
+            .iter()
+            .zip(&vector)
+            .zip(xs)
+            .find(|((a, b), _)| a.bits() != b.bits() && !(a.is_nan() && b.is_nan()));
+        if let Some(((a, b), x)) = differ {
+            failures.push(format!(
+                "{} {} fma={}: vector differs from scalar at x = {x:?}: {b:?} vs {a:?}",
+                op.name(),
+                T::VECTOR,
+                opts.fma
+            ));
+        }
+        check_specials(op, T::VECTOR, &vector, xs, &refs, &mut failures);
+    }
+    (lines, failures)
 }
 
 /// Exact agreement with the reference where its result is NaN, ±inf, ±0
@@ -559,9 +599,7 @@ fn check_specials<T: Lane>(
 
 #[test]
 fn f32_accuracy_scalar_and_vector() {
-    let t0 = std::time::Instant::now();
     let xs = inputs_f32();
-    eprintln!("inputs {:?}", t0.elapsed());
     accuracy(&xs, |e| (e.1, e.2));
 }
 

@@ -517,7 +517,7 @@ impl Checker<'_> {
         if !self.opts.rewrite {
             return None;
         }
-        let not_user = |ck: &Self, n: &str| !ck.fns.contains_key(n);
+        let not_user = |ck: &Self, n: &str| ck.lookup_fn(n).is_none();
         match &arg.kind {
             ExprKind::Call { func, args } if not_user(self, &func.name) => {
                 let (target, note) = match func.name.as_str() {
@@ -613,6 +613,27 @@ impl Checker<'_> {
                 let (x, sx) = self.arg_val(b, 0, name, sp)?;
                 let (y, sy) = self.arg_val(b, 1, name, sp)?;
                 Some(self.binary_fn(bop, x, y, sp, sx, sy))
+            }
+            "max" | "min"
+                if b.slots.get(1).copied().flatten().is_some_and(|a| {
+                    a.name.is_none() && matches!(a.value.kind, ExprKind::Int(_))
+                }) && !matches!(
+                    b.get(0).map(|e| &e.kind),
+                    Some(ExprKind::Int(_) | ExprKind::Float(_))
+                ) =>
+            {
+                // torch.max(x, 1) and np.max(x, 1) reduce over axis 1; an elementwise reading
+                // would silently differ, so the user must say which.
+                let Some(ExprKind::Int(k)) = b.get(1).map(|e| &e.kind) else {
+                    unreachable!("matched above")
+                };
+                let other = if name == "max" { "maximum" } else { "minimum" };
+                self.err(
+                    Diagnostic::error("L3017", self.file, sp, format!("`{name}(x, {k})` is ambiguous: a reduction over axis {k} or an elementwise {other}?"))
+                        .label("say which")
+                        .help(format!("write {name}(x, axis={k}) for the reduction (PyTorch's and NumPy's meaning), or {other}(x, {k}.0) for the elementwise {other}")),
+                );
+                None
             }
             "max" | "min"
                 if b.slots

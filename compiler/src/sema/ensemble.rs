@@ -389,7 +389,7 @@ impl Checker<'_> {
                 ok = false;
                 continue;
             };
-            let Some(entry) = self.fns.get(name).cloned() else {
+            let Some(entry) = self.lookup_fn(name) else {
                 self.err(
                     Diagnostic::error(
                         "L2004",
@@ -506,7 +506,13 @@ impl Checker<'_> {
             );
             return None;
         }
-        if !range(&self.g, wh, &mut HashMap::new()).nonneg() {
+        // Params can change at run time: the proof may not rely on their defaults.
+        let mut memo: HashMap<Handle, crate::sema::range::Range> = (0..self.g.len())
+            .map(|i| Handle(i as u32))
+            .filter(|h| matches!(self.g.node(*h).op, Op::Param(_)))
+            .map(|h| (h, crate::sema::range::Range::UNKNOWN))
+            .collect();
+        if !range(&self.g, wh, &mut memo).nonneg() {
             self.err(
                 Diagnostic::error("L4203", self.file, weights.map_or(sp, |w| w.span), "ensemble weights must be provably non-negative")
                     .label("may be negative")

@@ -78,7 +78,7 @@ impl Checker<'_> {
             "pi" => return Val::Float(std::f64::consts::PI),
             _ => {}
         }
-        if self.fns.contains_key(n) {
+        if self.lookup_fn(n).is_some() {
             return Val::Fn(n.to_string());
         }
         let mut candidates: Vec<String> =
@@ -705,7 +705,7 @@ impl Checker<'_> {
         args: &[losslang_grammar::ast::Arg],
         span: Span,
     ) -> Val {
-        if let Some(entry) = self.fns.get(&func.name).cloned() {
+        if let Some(entry) = self.lookup_fn(&func.name) {
             if entry.poisoned {
                 return Val::Poison;
             }
@@ -718,7 +718,7 @@ impl Checker<'_> {
             .iter()
             .map(|s| s.to_string())
             .collect();
-        names.extend(self.fns.keys().cloned());
+        names.extend(self.visible_fns());
         let help = match closest(&func.name, &names) {
             Some(c) => format!("did you mean `{c}`?"),
             None => "define it with `fn` or import it with `use std::module::name`".to_string(),
@@ -938,7 +938,7 @@ impl Checker<'_> {
         let h = self.materialize(&v, Some(dt), span);
         let ty = self.g.ty(h).clone();
         let want = self.shape_of(t);
-        if ty.dtype != dt || (t.dims.is_some() && ty.shape.len() != want.len()) {
+        if ty.dtype != dt || (t.dims.is_some() && ty.shape != want) {
             self.err(
                 Diagnostic::error(
                     "L3001",
@@ -968,7 +968,7 @@ impl Checker<'_> {
         if func.name != "exp"
             || args.len() != 1
             || args[0].name.is_some()
-            || self.fns.contains_key("exp")
+            || self.lookup_fn("exp").is_some()
         {
             return None;
         }
@@ -1018,6 +1018,10 @@ fn fold_binary(op: BinOp, a: &Val, b: &Val) -> Option<Val> {
             BinOp::Sub => Int(x.wrapping_sub(*y)),
             BinOp::Mul => Int(x.wrapping_mul(*y)),
             BinOp::Div => Float(*x as f64 / *y as f64),
+            BinOp::Pow if *y >= 0 => match u32::try_from(*y).ok().and_then(|k| x.checked_pow(k)) {
+                Some(v) => Int(v),
+                None => Float((*x as f64).powf(*y as f64)),
+            },
             BinOp::Pow => Float((*x as f64).powf(*y as f64)),
             BinOp::Lt => Bool(x < y),
             BinOp::Le => Bool(x <= y),

@@ -22,6 +22,9 @@ pub struct Range {
 }
 
 impl Range {
+    /// Nothing known (a run-time value).
+    pub const UNKNOWN: Range = Range::ANY;
+
     const ANY: Range = Range {
         lo: f64::NEG_INFINITY,
         hi: f64::INFINITY,
@@ -210,6 +213,11 @@ pub fn range(g: &Graph, h: Handle, memo: &mut HashMap<Handle, Range>) -> Range {
                 BinaryOp::Sub => Range::new(x.lo - y.hi, x.hi - y.lo)
                     .open_lo(x.lo_open || y.hi_open)
                     .open_hi(x.hi_open || y.lo_open),
+                // x·x is a square.
+                BinaryOp::Mul if n.args[0] == n.args[1] => {
+                    let m = mul(x, y);
+                    Range::new(0.0, m.hi.max(0.0)).open_lo(x.positive() || x.negative())
+                }
                 BinaryOp::Mul => mul(x, y),
                 // A quotient of non-negative values is non-negative wherever it is defined.
                 BinaryOp::Div if x.nonneg() && y.nonneg() && !y.positive() => {
@@ -217,9 +225,10 @@ pub fn range(g: &Graph, h: Handle, memo: &mut HashMap<Handle, Range>) -> Range {
                 }
                 BinaryOp::Div => mul(x, recip(y)),
                 BinaryOp::Pow => {
+                    let even = y.lo == y.hi && y.lo.fract() == 0.0 && (y.lo as i64) % 2 == 0;
                     if x.positive() {
                         Range::new(0.0, f64::INFINITY).open_lo(true)
-                    } else if x.nonneg() {
+                    } else if x.nonneg() || even {
                         Range::new(0.0, f64::INFINITY)
                     } else {
                         Range::ANY

@@ -44,12 +44,15 @@ impl FnEntry {
     }
 }
 
+pub type Fns = HashMap<(usize, String), FnEntry>;
+
 pub struct Checker<'l> {
     pub g: Graph,
     pub diags: Vec<Diagnostic>,
     /// The file whose spans are being checked now.
     pub file: usize,
-    pub fns: HashMap<String, FnEntry>,
+    /// Functions visible in each file: its own and those it imports, keyed by (file, name).
+    pub fns: Fns,
     pub scopes: Vec<HashMap<String, Val>>,
     /// Helper calls being inlined: (name, call span, caller file) — for recursion and notes.
     pub call_stack: Vec<(String, Span, usize)>,
@@ -83,7 +86,7 @@ pub fn check_program(
             };
         }
     };
-    let mut fns: HashMap<String, FnEntry> = HashMap::new();
+    let mut fns: Fns = HashMap::new();
     let mut losses: Vec<&ast::LossDef> = Vec::new();
     collect_items(&main, 0, sources, loader, &mut fns, &mut diags, &mut vec![]);
     for it in &main.items {
@@ -197,14 +200,14 @@ fn collect_items(
     file_idx: usize,
     sources: &mut Vec<Source>,
     loader: &dyn Loader,
-    fns: &mut HashMap<String, FnEntry>,
+    fns: &mut Fns,
     diags: &mut Vec<Diagnostic>,
     visiting: &mut Vec<String>,
 ) {
     for it in &file.items {
         match it {
             Item::Fn(f) => {
-                if let Some(prev) = fns.get(&f.name.name)
+                if let Some(prev) = fns.get(&(file_idx, f.name.name.clone()))
                     && prev.file == file_idx
                 {
                     diags.push(
@@ -221,7 +224,7 @@ fn collect_items(
                     continue;
                 }
                 fns.insert(
-                    f.name.name.clone(),
+                    (file_idx, f.name.name.clone()),
                     FnEntry {
                         def: Rc::new(f.clone()),
                         file: file_idx,
@@ -255,7 +258,10 @@ fn collect_items(
                                 .help("`std::name` is the standard library (`stdlib/name.loss`); other paths are relative to this file's folder"),
                         );
                         for item in &u.items {
-                            fns.insert(item.name.clone(), FnEntry::poisoned(item, file_idx));
+                            fns.insert(
+                                (file_idx, item.name.clone()),
+                                FnEntry::poisoned(item, file_idx),
+                            );
                         }
                         continue;
                     }
@@ -274,34 +280,24 @@ fn collect_items(
                         continue;
                     }
                 };
-                let mut module_fns = HashMap::new();
-                visiting.push(key.clone());
-                collect_items(
-                    &parsed,
-                    idx,
-                    sources,
-                    loader,
-                    &mut module_fns,
-                    diags,
-                    visiting,
-                );
-                visiting.pop();
+                // A module's own functions live in its namespace (file `idx`); only the
+                // named items are imported into this file's.
+                let already = fns.keys().any(|(f, _)| *f == idx);
+                if !already {
+                    visiting.push(key.clone());
+                    collect_items(&parsed, idx, sources, loader, fns, diags, visiting);
+                    visiting.pop();
+                }
                 for item in &u.items {
-                    match module_fns.get(&item.name) {
+                    match fns.get(&(idx, item.name.clone())).cloned() {
                         Some(e) if e.file == idx => {
-                            fns.insert(item.name.clone(), e.clone());
-                            // The imported function's own helpers come along, unexported.
-                            for (k, v) in &module_fns {
-                                fns.entry(format!("{key}::{k}"))
-                                    .or_insert_with(|| v.clone());
-                                fns.entry(k.clone()).or_insert_with(|| v.clone());
-                            }
+                            fns.insert((file_idx, item.name.clone()), e);
                         }
                         _ => {
-                            let mut have: Vec<&String> = module_fns
+                            let mut have: Vec<String> = fns
                                 .iter()
-                                .filter(|(_, e)| e.file == idx)
-                                .map(|(k, _)| k)
+                                .filter(|((f, _), e)| *f == idx && e.file == idx && !e.poisoned)
+                                .map(|((_, k), _)| k.clone())
                                 .collect();
                             have.sort();
                             diags.push(
@@ -312,15 +308,12 @@ fn collect_items(
                                     format!("module `{key}` has no function `{}`", item.name),
                                 )
                                 .label("not found")
-                                .help(format!(
-                                    "it defines: {}",
-                                    have.iter()
-                                        .map(|s| s.as_str())
-                                        .collect::<Vec<_>>()
-                                        .join(", ")
-                                )),
+                                .help(format!("it defines: {}", have.join(", "))),
                             );
-                            fns.insert(item.name.clone(), FnEntry::poisoned(item, file_idx));
+                            fns.insert(
+                                (file_idx, item.name.clone()),
+                                FnEntry::poisoned(item, file_idx),
+                            );
                         }
                     }
                 }
@@ -346,6 +339,23 @@ impl Checker<'_> {
             }
         }
         d
+    }
+
+    /// The function `name` as seen from the file being checked.
+    pub fn lookup_fn(&self, name: &str) -> Option<FnEntry> {
+        self.fns.get(&(self.file, name.to_string())).cloned()
+    }
+
+    /// Names of the functions visible from the file being checked.
+    pub fn visible_fns(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .fns
+            .keys()
+            .filter(|(f, _)| *f == self.file)
+            .map(|(_, n)| n.clone())
+            .collect();
+        v.sort();
+        v
     }
 
     pub fn lookup(&self, name: &str) -> Option<Val> {
@@ -513,6 +523,7 @@ impl Checker<'_> {
         };
         match loss {
             Val::Poison => {}
+            v if !self.want_value(&v, tail.span) => {}
             v => {
                 let h = self.materialize(&v, Some(DType::F32), tail.span);
                 let ty = self.g.ty(h).clone();
@@ -648,7 +659,7 @@ impl Checker<'_> {
                     return;
                 }
                 let v = self.expr(value);
-                if matches!(v, Val::Poison) {
+                if !self.want_value(&v, value.span) {
                     return;
                 }
                 if self.g.reports.iter().any(|(n, _)| n == &name.name) {
@@ -709,6 +720,9 @@ impl Checker<'_> {
     }
 
     fn ascribe(&mut self, v: Val, t: &TypeExpr, span: Span) -> Val {
+        if !self.want_value(&v, span) {
+            return Val::Poison;
+        }
         let Some(dt) = self.dtype_of(t) else {
             return Val::Poison;
         };
@@ -951,7 +965,7 @@ impl Checker<'_> {
         self.updated.insert(si, span);
         let st = self.g.states[si].clone();
         let v = self.expr(value);
-        if matches!(v, Val::Poison) {
+        if !self.want_value(&v, value.span) {
             return;
         }
         let sh = self
