@@ -6,7 +6,7 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    if let Err(f) = losslang_fuzz::gen::differential(data) {
+    if let Err(f) = losslang_fuzz::program_gen::differential(data) {
         panic!("differential finding:\n{f}");
     }
 });

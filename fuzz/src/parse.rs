@@ -129,7 +129,7 @@ pub fn check_text_here(text: &str) -> Reached {
         Err(_) => return Reached::Compiled,
     };
     let _ = p.run_with(&Interp, &env, true, true);
-    for b in crate::gen::other_backends() {
+    for b in crate::program_gen::other_backends() {
         if let Ok(exec) = losslang_runtime::backends::executor(b, &p, "cpu") {
             let _ = p.run_with(exec.as_ref(), &env, true, true);
         }

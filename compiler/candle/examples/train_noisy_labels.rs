@@ -1,6 +1,7 @@
 //! Training a small candle MLP on noisy labels with a `.loss` program.
 //!
-//! `cargo run --release --example train_noisy_labels [-- OUT.png]`
+//! `cargo run --release --example train_noisy_labels [-- OUT.png] [--device cuda]`
+//! (the PNG goes to the system's temporary folder unless OUT.png is given)
 //!
 //! The task (fixed seeds, generated here): C = 4 classes in D = 8 dimensions,
 //! class k centred at a random point of norm 2.5, samples = centre + N(0, 1).
@@ -24,6 +25,7 @@
 use candle_core::{D, DType, Device, Tensor, Var};
 use indicatif::{ProgressBar, ProgressStyle};
 use losslang_candle::CandleProgram;
+use losslang_compiler::ops::Scalar;
 use losslang_compiler::program::{CompileOptions, Program, compile};
 use losslang_compiler::sema::Source;
 use losslang_runtime::loader::{FileLoader, stdlib_source};
@@ -207,7 +209,19 @@ fn train(rule: Rule, train: &Data, test: &Data, dev: &Device) -> Res<History> {
         Rule::CrossEntropy => ("cross_entropy", stdlib("cross_entropy")?),
         Rule::CwBass => ("cw_bass", stdlib("cw_bass")?),
     };
-    let loss = CandleProgram::compile(&prog, dev)?;
+    // A stricter threshold than the segmentation defaults: with four classes
+    // most confidences clear 0.3, and the rule would keep every sample.
+    let params: Vec<(String, Scalar)> = match rule {
+        Rule::CrossEntropy => vec![],
+        Rule::CwBass => vec![
+            ("base_threshold".into(), Scalar::F(0.95)),
+            ("min_threshold".into(), Scalar::F(0.6)),
+            ("max_threshold".into(), Scalar::F(0.95)),
+            ("beta".into(), Scalar::F(4.0)),
+            ("ema_momentum".into(), Scalar::F(0.9)),
+        ],
+    };
+    let loss = CandleProgram::with_params(&prog, dev, &params)?;
     let mut state = loss.new_state();
     let mut mlp = Mlp::new(7, dev)?;
     let xt = Tensor::from_vec(test.x.clone(), (N_TEST, DIM), dev)?;
@@ -271,8 +285,8 @@ fn train(rule: Rule, train: &Data, test: &Data, dev: &Device) -> Res<History> {
                     Ok(t.to_dtype(DType::F64)?.to_scalar::<f64>()?)
                 };
                 thr += r("threshold")?;
-                let unlabeled = BATCH as f64 * (1.0 - TRUSTED);
-                kept += r("kept")? / unlabeled;
+                let unlabeled = idx.iter().filter(|&&i| !train.trusted[i]).count();
+                kept += r("kept")? / unlabeled.max(1) as f64;
             }
             bar.inc(1);
         }
@@ -293,8 +307,12 @@ fn train(rule: Rule, train: &Data, test: &Data, dev: &Device) -> Res<History> {
     Ok(h)
 }
 
-/// Three panels, no text: loss (top), test accuracy (middle), cw_bass's
-/// threshold and kept fraction (bottom).
+/// The curves of one panel and its y range.
+type Panel<'a> = (&'a [(&'a [f64], RGBColor)], (f64, f64));
+
+/// Three panels, no text: loss (top, 0 to the largest loss), test accuracy
+/// (middle, 0 to 1), cw_bass's threshold and kept fraction (bottom, 0 to 1);
+/// grey lines at quarters.
 fn plot(path: &str, ce: &History, cw: &History) -> Res<()> {
     let root = BitMapBackend::new(path, (900, 900)).into_drawing_area();
     root.fill(&WHITE)?;
@@ -305,7 +323,7 @@ fn plot(path: &str, ce: &History, cw: &History) -> Res<()> {
         .iter()
         .chain(&cw.loss)
         .fold(0.0f64, |m, v| m.max(*v));
-    let series: [(&[(&[f64], RGBColor)], (f64, f64)); 3] = [
+    let series: [Panel; 3] = [
         (&[(&ce.loss, RED), (&cw.loss, BLUE)], (0.0, max_loss * 1.05)),
         (&[(&ce.acc, RED), (&cw.acc, BLUE)], (0.0, 1.0)),
         (&[(&cw.threshold, MAGENTA), (&cw.kept, GREEN)], (0.0, 1.0)),
@@ -314,12 +332,18 @@ fn plot(path: &str, ce: &History, cw: &History) -> Res<()> {
         let mut chart = ChartBuilder::on(area)
             .margin(20)
             .build_cartesian_2d(x.0..x.1, y.0..y.1)?;
-        chart
-            .configure_mesh()
-            .x_labels(0)
-            .y_labels(0)
-            .light_line_style(WHITE)
-            .draw()?;
+        // A frame and quarter lines stand in for labelled axes.
+        chart.draw_series(std::iter::once(Rectangle::new(
+            [(x.0, y.0), (x.1, y.1)],
+            BLACK.stroke_width(1),
+        )))?;
+        for q in 1..4 {
+            let yq = y.0 + (y.1 - y.0) * q as f64 / 4.0;
+            chart.draw_series(LineSeries::new(
+                [(x.0, yq), (x.1, yq)],
+                RGBColor(210, 210, 210).stroke_width(1),
+            ))?;
+        }
         for (v, color) in lines {
             chart.draw_series(LineSeries::new(
                 v.iter().enumerate().map(|(i, y)| (i as f64, *y)),
@@ -332,10 +356,19 @@ fn plot(path: &str, ce: &History, cw: &History) -> Res<()> {
 }
 
 fn main() -> Res<()> {
-    let out = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "train_noisy_labels.png".into());
-    let dev = Device::Cpu;
+    let mut out = std::env::temp_dir()
+        .join("train_noisy_labels.png")
+        .display()
+        .to_string();
+    let mut dev = Device::Cpu;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        if a == "--device" {
+            dev = losslang_candle::device(&args.next().ok_or("--device needs cpu or cuda[:i]")?)?;
+        } else {
+            out = a;
+        }
+    }
     let mut rng = Rng(2024);
     let centres: Vec<Vec<f64>> = (0..C)
         .map(|_| {
@@ -372,8 +405,14 @@ fn main() -> Res<()> {
     );
     plot(&out, &ce, &cw)?;
     println!(
-        "wrote {out}: loss (top), test accuracy (middle) — red cross_entropy, blue cw_bass; \
-         bottom: cw_bass threshold (magenta) and kept fraction (green), per epoch"
+        "wrote {out}: loss (top, 0..{:.2}), test accuracy (middle, 0..1): red cross_entropy, blue \
+         cw_bass; bottom (0..1): cw_bass threshold (magenta) and kept fraction (green); x: epochs \
+         1..{EPOCHS}; grey lines at quarters",
+        ce.loss
+            .iter()
+            .chain(&cw.loss)
+            .fold(0.0f64, |m, v| m.max(*v))
+            * 1.05
     );
     Ok(())
 }

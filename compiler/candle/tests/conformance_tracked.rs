@@ -2,7 +2,9 @@
 //! graph on tracked candle tensors (`CandleProgram::forward`), gradients from
 //! candle's `backward()`, state carried on the device between steps. Same
 //! references and tolerances as runtime/tests/conformance.rs, on the CPU
-//! kernels and on the portable (CUDA) lowering run on the CPU.
+//! kernels and on the portable (CUDA) lowering run on the CPU. Path (a) on
+//! the CPU kernels is runtime/tests/conformance.rs; path (a) on the portable
+//! lowering is here too.
 
 use candle_core::{DType as CDType, Device, Var};
 use losslang_candle::{CandleProgram, CandleState, Target, from_candle, to_candle};
@@ -234,7 +236,16 @@ fn all_cases(target: Target) {
         "expected the 35 losses, found {}",
         names.len()
     );
-    let device = Device::Cpu;
+    // scripts/gpu-check.sh sets LOSSLANG_CANDLE_DEVICE=cuda (portable lowering only).
+    let device = match std::env::var("LOSSLANG_CANDLE_DEVICE").ok().as_deref() {
+        None | Some("cpu") => Device::Cpu,
+        Some(spec) => {
+            if target == Target::Cpu {
+                return;
+            }
+            losslang_candle::device(spec).unwrap_or_else(|e| panic!("{e}"))
+        }
+    };
     let mut failures = vec![];
     let (mut total_pass, mut total) = (0, 0);
     let mut table = vec![];
@@ -295,6 +306,142 @@ fn all_cases(target: Target) {
         total - total_pass
     );
     assert!(failures.is_empty(), "{} cases failed", failures.len());
+}
+
+/// Path (a) with the portable lowering: `Program::run_with` on `CandleExec`.
+fn exec_step(
+    p: &Program,
+    exec: &losslang_candle::CandleExec,
+    dir: &Path,
+    state: Vec<(String, Tensor)>,
+) -> Result<Vec<(String, Tensor)>, String> {
+    let mut inputs = vec![];
+    for decl in &p.opt.inputs {
+        let f = dir.join("inputs").join(format!("{}.npy", decl.name));
+        inputs.push((
+            decl.name.clone(),
+            read_npy(&f, &decl.name).map_err(|e| e.to_string())?,
+        ));
+    }
+    let call = Call {
+        inputs,
+        params: params_of(&dir.join("params.json")),
+        state,
+        grads: true,
+        ..Call::default()
+    };
+    let env = p.bind(&call).map_err(|e| e.message)?;
+    let out = p.run_with(exec, &env, true, false).map_err(|e| e.message)?;
+    let exp = json(&dir.join("expected.json"));
+    let el = exp["loss"].as_f64().ok_or("expected loss")?;
+    close(&[out.loss], &[el], 0.0, 2e-4).map_err(|e| format!("loss: {e}"))?;
+    if let Value::Object(gs) = &exp["grads"] {
+        for (name, rel) in gs {
+            let want = read_npy(&dir.join(rel.as_str().ok_or("path")?), name)
+                .map_err(|e| e.to_string())?;
+            let got = out
+                .grads
+                .iter()
+                .find(|(n, _)| n == name)
+                .ok_or(format!("no gradient for {name}"))?;
+            let g32: Vec<f64> = got
+                .1
+                .to_f64_vec()
+                .iter()
+                .map(|x| f64::from(*x as f32))
+                .collect();
+            close(&g32, &want.to_f64_vec(), 1e-3, 1e-5).map_err(|e| format!("grad {name}: {e}"))?;
+        }
+    }
+    if let Value::Object(st) = &exp["state"] {
+        for (k, v) in st {
+            let got = out
+                .state
+                .iter()
+                .find(|(n, _)| n == k)
+                .ok_or(format!("no state {k}"))?;
+            close(&got.1.to_f64_vec(), &to_tensor(v).to_f64_vec(), 0.0, 2e-4)
+                .map_err(|e| format!("state {k}: {e}"))?;
+        }
+    }
+    Ok(out.state)
+}
+
+#[test]
+fn conformance_exec_portable() {
+    let cases = root().join("tests/conformance/cases/public");
+    let mut names: Vec<String> = std::fs::read_dir(&cases)
+        .expect("cases folder")
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().to_string()))
+        .collect();
+    names.sort();
+    let device = match std::env::var("LOSSLANG_CANDLE_DEVICE").ok().as_deref() {
+        None | Some("cpu") => Device::Cpu,
+        Some(spec) => losslang_candle::device(spec).unwrap_or_else(|e| panic!("{e}")),
+    };
+    let exec = losslang_candle::CandleExec::with_target(device, Target::Portable);
+    let (mut pass, mut total, mut failures) = (0, 0, vec![]);
+    for name in &names {
+        let text = std::fs::read_to_string(root().join("stdlib").join(format!("{name}.loss")))
+            .expect("stdlib file");
+        let Ok(p) = compile(
+            Source {
+                name: format!("{name}.loss"),
+                text,
+            },
+            &FileLoader,
+            &CompileOptions::default(),
+        ) else {
+            panic!("{name} does not compile")
+        };
+        if losslang_candle::lower(&p.opt, Target::Portable).is_err() {
+            continue;
+        }
+        let mut dirs: Vec<PathBuf> = std::fs::read_dir(cases.join(name))
+            .expect("loss folder")
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        dirs.sort();
+        for c in dirs {
+            total += 1;
+            let mut steps: Vec<PathBuf> = std::fs::read_dir(&c)
+                .expect("case folder")
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    p.file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with("step-"))
+                })
+                .collect();
+            steps.sort();
+            if steps.is_empty() {
+                steps.push(c.clone());
+            }
+            let mut state = state_of(&json(&steps[0].join("state.json")));
+            let mut r = Ok(());
+            for s in &steps {
+                match exec_step(&p, &exec, s, state.clone()) {
+                    Ok(st) => state = st,
+                    Err(e) => {
+                        r = Err(e);
+                        break;
+                    }
+                }
+            }
+            match r {
+                Ok(()) => pass += 1,
+                Err(e) => failures.push(format!("FAIL {name}/{}: {e}", c.display())),
+            }
+        }
+    }
+    for f in &failures {
+        println!("{f}");
+    }
+    println!(
+        "exec conformance (Portable): {pass} passed, {} failed",
+        total - pass
+    );
+    assert!(failures.is_empty(), "{} cases failed", failures.len());
+    assert!(pass >= 130, "only {pass} cases ran");
 }
 
 #[test]

@@ -104,8 +104,16 @@ fn assert_same(what: &str, got: &Tensor, want: &Tensor) {
     }
 }
 
-fn targets() -> [Target; 2] {
-    [Target::Cpu, Target::Portable]
+/// The CPU with its kernels and with the portable lowering; with
+/// `LOSSLANG_CANDLE_DEVICE=cuda` (scripts/gpu-check.sh), the CUDA device.
+fn runs() -> Vec<(Device, Target)> {
+    match std::env::var("LOSSLANG_CANDLE_DEVICE").ok().as_deref() {
+        None | Some("cpu") => vec![(Device::Cpu, Target::Cpu), (Device::Cpu, Target::Portable)],
+        Some(spec) => {
+            let d = losslang_candle::device(spec).unwrap_or_else(|e| panic!("{e}"));
+            vec![(d, Target::Portable)]
+        }
+    }
 }
 
 #[test]
@@ -185,8 +193,8 @@ fn every_op_matches_the_interpreter() {
             }
         };
         let want = eval(&g, &env, &[out]).expect("the interpreter runs the sample");
-        for target in targets() {
-            let exec = CandleExec::with_target(Device::Cpu, target);
+        for (dev, target) in runs() {
+            let exec = CandleExec::with_target(dev.clone(), target);
             if target == Target::Portable && matches!(smp.op, Op::Rand(..)) {
                 let e = exec
                     .eval(&g, &env, &[out])
@@ -235,11 +243,11 @@ fn every_op_matches_the_interpreter() {
         differentiate(&mut g);
         let roots: Vec<Handle> = g.grads.iter().map(|(_, h)| *h).collect();
         let want = eval(&g, &env, &roots).expect("the interpreter differentiates");
-        for target in targets() {
+        for (dev, target) in runs() {
             if target == Target::Portable && matches!(smp.op, Op::Rand(..)) {
                 continue;
             }
-            let exec = CandleExec::with_target(Device::Cpu, target);
+            let exec = CandleExec::with_target(dev.clone(), target);
             let got = exec.eval(&g, &env, &roots).expect("candle differentiates");
             for ((i, _), (gv, wv)) in g.grads.iter().zip(got.iter().zip(&want)) {
                 assert_same(
@@ -248,7 +256,7 @@ fn every_op_matches_the_interpreter() {
                     wv,
                 );
             }
-            tracked_grads(&g, &env, &want, target);
+            tracked_grads(&g, &env, &want, &dev, target);
         }
         tracked += 1;
     }
@@ -296,14 +304,13 @@ fn every_op_matches_the_interpreter() {
 }
 
 /// Path b: the loss on tracked inputs, `backward()`, against the interpreter's gradients.
-fn tracked_grads(g: &Graph, env: &Env, want: &[Tensor], target: Target) {
+fn tracked_grads(g: &Graph, env: &Env, want: &[Tensor], dev: &Device, target: Target) {
     let p = program(g.clone());
-    let dev = Device::Cpu;
-    let prog = CandleProgram::for_target(&p, &dev, &[], target).expect("lowers");
+    let prog = CandleProgram::for_target(&p, dev, &[], target).expect("lowers");
     let mut vars = vec![];
     let mut named = vec![];
     for (decl, t) in g.inputs.iter().zip(&env.inputs) {
-        let c = to_candle(t, &dev).expect("to device");
+        let c = to_candle(t, dev).expect("to device");
         let v = if decl.diff {
             Some(Var::from_tensor(&c).expect("var"))
         } else {
@@ -436,14 +443,14 @@ fn kink_conventions_match() {
         let mut roots = vec![out];
         roots.extend(g.grads.iter().map(|(_, h)| *h));
         let want = eval(&g, &env, &roots).expect("interpreter");
-        for target in targets() {
-            let got = CandleExec::with_target(Device::Cpu, target)
+        for (dev, target) in runs() {
+            let got = CandleExec::with_target(dev.clone(), target)
                 .eval(&g, &env, &roots)
                 .expect("candle");
             for (k, (a, b)) in got.iter().zip(&want).enumerate() {
                 assert_same(&format!("{} root {k} ({target:?})", g.name), a, b);
             }
-            tracked_grads(&g, &env, &want[1..], target);
+            tracked_grads(&g, &env, &want[1..], &dev, target);
         }
     }
 }
@@ -497,8 +504,8 @@ fn nan_rules_match() {
     for (op, args) in ops {
         let (g, env, out) = one(op, args, &[]);
         let want = eval(&g, &env, &[out]).expect("interpreter");
-        for target in targets() {
-            let got = CandleExec::with_target(Device::Cpu, target)
+        for (dev, target) in runs() {
+            let got = CandleExec::with_target(dev.clone(), target)
                 .eval(&g, &env, &[out])
                 .expect("candle");
             assert_same(&format!("{} ({target:?})", g.name), &got[0], &want[0]);
@@ -579,8 +586,8 @@ fn data_errors_match_the_interpreter() {
     for (op, args) in cases {
         let (g, env, out) = one(op, args, &[]);
         let want = eval(&g, &env, &[out]).expect_err("the interpreter rejects the data");
-        for target in targets() {
-            let got = CandleExec::with_target(Device::Cpu, target)
+        for (dev, target) in runs() {
+            let got = CandleExec::with_target(dev.clone(), target)
                 .eval(&g, &env, &[out])
                 .expect_err("candle rejects the data");
             assert_eq!(got.node, want.node, "{} ({target:?}): node", g.name);
@@ -591,12 +598,12 @@ fn data_errors_match_the_interpreter() {
         g2.loss = Some(out);
         let p = program(g2);
         let msg = p.node_error(want.clone()).message;
-        for target in targets() {
-            let prog = CandleProgram::for_target(&p, &Device::Cpu, &[], target).expect("lowers");
+        for (dev, target) in runs() {
+            let prog = CandleProgram::for_target(&p, &dev, &[], target).expect("lowers");
             let ts: Vec<candle_core::Tensor> = env
                 .inputs
                 .iter()
-                .map(|t| to_candle(t, &Device::Cpu).expect("to device"))
+                .map(|t| to_candle(t, &dev).expect("to device"))
                 .collect();
             let named: Vec<(&str, &candle_core::Tensor)> = g
                 .inputs
@@ -633,8 +640,8 @@ fn argsort_is_stable() {
             &[],
         );
         let want = eval(&g, &env, &[out]).expect("interpreter");
-        for target in targets() {
-            let got = CandleExec::with_target(Device::Cpu, target)
+        for (dev, target) in runs() {
+            let got = CandleExec::with_target(dev.clone(), target)
                 .eval(&g, &env, &[out])
                 .expect("candle");
             assert_same(
@@ -651,9 +658,8 @@ fn argsort_is_stable() {
 fn f32_nodes_compute_in_f32() {
     let x = Tensor::from_f64(DType::F32, vec![3], vec![0.1f32 as f64, 1.0, 3.0]);
     let (g, env, out) = one(Op::Unary(UnaryOp::Exp), vec![x], &[]);
-    let got = CandleExec::new(Device::Cpu)
-        .eval(&g, &env, &[out])
-        .expect("candle");
+    let (dev, _) = runs().remove(0);
+    let got = CandleExec::new(dev).eval(&g, &env, &[out]).expect("candle");
     let Data::F(v) = &got[0].data else {
         panic!("floats")
     };

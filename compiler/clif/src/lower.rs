@@ -11,8 +11,7 @@ use crate::loops::Loop;
 use crate::math;
 use crate::runtime::{self, Arg};
 use crate::schedule::{
-    Class, Ix, Kernel, Place, Schedule, Stage, arg_index, class, kernel_dims, kernel_slots,
-    stage_nodes, stage_reads,
+    Ix, Kernel, Place, Schedule, Stage, kernel_dims, kernel_slots, stage_nodes, walk_stage,
 };
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{
@@ -486,8 +485,24 @@ impl Lower<'_, '_> {
 
     // ---- values
 
+    /// `idx` with 0 on the axes `h` does not vary along (see `index_deps`).
+    fn canon(&self, h: Handle, idx: &[Value]) -> Vec<Value> {
+        let d = self.s.deps[h.index()];
+        idx.iter()
+            .enumerate()
+            .map(|(j, v)| {
+                if j < 64 && d & (1 << j) == 0 {
+                    self.zero
+                } else {
+                    *v
+                }
+            })
+            .collect()
+    }
+
     /// `h` at `idx` (an index into `h`'s own shape).
     fn value(&mut self, h: Handle, idx: &[Value]) -> Value {
+        let idx = &self.canon(h, idx);
         if let Some(v) = self.lookup(h, idx) {
             return v;
         }
@@ -752,65 +767,17 @@ impl Lower<'_, '_> {
     }
 
     fn hoist_walk(&mut self, st: &Stage, outer: &[Value], kernel: Option<&HashSet<Handle>>) {
-        let g = self.g;
-        let mut stack = stage_reads(g, st, outer.len());
-        let mut seen: HashSet<(Handle, Vec<Ix>)> = HashSet::new();
-        while let Some((h, ix)) = stack.pop() {
-            if !seen.insert((h, ix.clone())) {
-                continue;
-            }
-            let place = self.s.place[h.index()];
-            let inline_elem =
-                place == Place::Inline && matches!(class(g, h), Class::Leaf | Class::Elementwise);
-            let fixed = ix.iter().all(|i| match i {
-                Ix::Zero => true,
-                Ix::Outer(_) => kernel.is_none(),
-                Ix::Other => false,
-            });
-            if fixed && (inline_elem || matches!(place, Place::Slot(_))) {
-                if let Some(made) = kernel
-                    && self.touches(h, made)
-                {
-                    continue;
-                }
-                let idx: Vec<Value> = ix
-                    .iter()
-                    .map(|i| match i {
-                        Ix::Outer(j) => outer[*j],
-                        _ => self.zero,
-                    })
-                    .collect();
-                self.value(h, &idx);
-                continue;
-            }
-            if inline_elem {
-                let n = g.node(h);
-                for k in 0..n.args.len() {
-                    stack.push((n.args[k], arg_index(g, h, k, &ix)));
-                }
-            }
+        let w = walk_stage(self.g, self.s, st, outer.len(), kernel);
+        for (h, ix) in w.fixed {
+            let idx: Vec<Value> = ix
+                .iter()
+                .map(|i| match i {
+                    Ix::Outer(j) => outer[*j],
+                    Ix::Zero | Ix::Other => self.zero,
+                })
+                .collect();
+            self.value(h, &idx);
         }
-    }
-
-    /// Whether computing `h` reads a value that kernel stages produce.
-    fn touches(&self, h: Handle, made: &HashSet<Handle>) -> bool {
-        let g = self.g;
-        let mut stack = vec![h];
-        let mut seen = HashSet::new();
-        while let Some(x) = stack.pop() {
-            if !seen.insert(x) {
-                continue;
-            }
-            if made.contains(&x) {
-                return true;
-            }
-            if self.s.place[x.index()] == Place::Inline
-                && matches!(class(g, x), Class::Leaf | Class::Elementwise)
-            {
-                stack.extend(g.node(x).args.iter().copied());
-            }
-        }
-        false
     }
 
     fn reshape(&mut self, a: Handle, shape: &[Dim], idx: &[Value]) -> Value {

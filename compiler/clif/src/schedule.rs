@@ -103,6 +103,8 @@ pub struct Schedule {
     /// passes their values in this order.
     pub dims: Vec<Dim>,
     pub kernels: Vec<Kernel>,
+    /// `index_deps` of every node.
+    pub deps: Vec<u64>,
 }
 
 pub fn storage(d: DType) -> Storage {
@@ -360,6 +362,59 @@ pub fn arg_index(g: &Graph, h: Handle, k: usize, idx: &[Ix]) -> Vec<Ix> {
     }
 }
 
+/// For each node, the axes its value can vary along (bit `j`: axis `j`),
+/// given where values live. A stored value (or a row statistic) is taken to
+/// vary along every non-unit axis; an inline value varies along the axes
+/// through which it reads something that varies, plus the axes an op uses
+/// itself (`arange`, `one_hot`, a slice position…). Reading an inline value
+/// at an axis it does not vary along can use index 0 there instead, which
+/// turns values broadcast along inner loops into loop invariants.
+pub fn index_deps(g: &Graph, place: &[Place]) -> Vec<u64> {
+    let mut deps = vec![0u64; g.len()];
+    for (i, n) in g.nodes.iter().enumerate() {
+        if place[i] == Place::Dead {
+            continue;
+        }
+        let h = Handle(i as u32);
+        let r = n.ty.rank().min(64);
+        let nonunit: u64 = (0..r)
+            .filter(|&j| !n.ty.shape[j].is_one())
+            .fold(0, |m, j| m | (1 << j));
+        let elementwise =
+            place[i] == Place::Inline && matches!(class(g, h), Class::Leaf | Class::Elementwise);
+        if !elementwise || n.ty.rank() > 64 {
+            deps[i] = nonunit;
+            continue;
+        }
+        let mut d: u64 = match &n.op {
+            Op::Iota(_) => 1,
+            Op::OneHot(_) => 1 << (r - 1),
+            Op::ScatterAddAlong(a) | Op::Pad { axis: a, .. } => 1 << a,
+            Op::Rand(..) => nonunit,
+            _ => 0,
+        };
+        let labels: Vec<Ix> = (0..r).map(Ix::Outer).collect();
+        for k in 0..n.args.len() {
+            let a = n.args[k];
+            let da = deps[a.index()];
+            let aidx = arg_index(g, h, k, &labels);
+            for (p, ix) in aidx.iter().enumerate() {
+                if p >= 64 || da & (1 << p) == 0 {
+                    continue;
+                }
+                match ix {
+                    Ix::Outer(j) => d |= 1 << j,
+                    Ix::Zero => {}
+                    // A computed or data-dependent position: assume anything.
+                    Ix::Other => d |= nonunit,
+                }
+            }
+        }
+        deps[i] = d & nonunit;
+    }
+    deps
+}
+
 /// The value a stage computes for its own node(s), and where it starts
 /// reading: `(node, index pattern)` pairs for the walk over inline producers.
 pub fn stage_reads(g: &Graph, st: &Stage, outer: usize) -> Vec<(Handle, Vec<Ix>)> {
@@ -411,6 +466,109 @@ pub fn stage_nodes(st: &Stage) -> Vec<Handle> {
         }
         Stage::Check { .. } => vec![],
     }
+}
+
+/// What a stage reads, split by where it is computed.
+pub struct Walk {
+    /// Values read at indices fixed for the whole stage (zeros and outer
+    /// loop indices): computed once, before the stage's own loops.
+    pub fixed: Vec<(Handle, Vec<Ix>)>,
+    /// Inline values computed inside the stage's loops.
+    pub inner: BTreeSet<Handle>,
+}
+
+/// Walks a stage's inline producers, canonicalising indices by
+/// `index_deps`. With `kernel` (the nodes the kernel's stages produce),
+/// only values that need neither an outer index nor anything the kernel
+/// produces count as fixed: they can be computed before the row loop.
+pub fn walk_stage(
+    g: &Graph,
+    s: &Schedule,
+    st: &Stage,
+    outer: usize,
+    kernel: Option<&HashSet<Handle>>,
+) -> Walk {
+    let mut w = Walk {
+        fixed: vec![],
+        inner: BTreeSet::new(),
+    };
+    let mut stack = stage_reads(g, st, outer);
+    let mut seen: HashSet<(Handle, Vec<Ix>)> = HashSet::new();
+    while let Some((h, ix)) = stack.pop() {
+        let d = s.deps[h.index()];
+        let ix: Vec<Ix> = ix
+            .iter()
+            .enumerate()
+            .map(|(j, i)| {
+                if j < 64 && d & (1 << j) == 0 {
+                    Ix::Zero
+                } else {
+                    *i
+                }
+            })
+            .collect();
+        if !seen.insert((h, ix.clone())) {
+            continue;
+        }
+        let place = s.place[h.index()];
+        let inline_elem =
+            place == Place::Inline && matches!(class(g, h), Class::Leaf | Class::Elementwise);
+        let fixed = ix.iter().all(|i| match i {
+            Ix::Zero => true,
+            Ix::Outer(_) => kernel.is_none(),
+            Ix::Other => false,
+        });
+        if fixed
+            && (inline_elem || matches!(place, Place::Slot(_)))
+            && !kernel.is_some_and(|made| touches(g, s, h, made))
+        {
+            w.fixed.push((h, ix));
+            continue;
+        }
+        if inline_elem {
+            w.inner.insert(h);
+            let n = g.node(h);
+            for k in 0..n.args.len() {
+                stack.push((n.args[k], arg_index(g, h, k, &ix)));
+            }
+        }
+    }
+    w
+}
+
+/// Whether computing `h` reads a value that one of `made` is.
+fn touches(g: &Graph, s: &Schedule, h: Handle, made: &HashSet<Handle>) -> bool {
+    let mut stack = vec![h];
+    let mut seen = HashSet::new();
+    while let Some(x) = stack.pop() {
+        if !seen.insert(x) {
+            continue;
+        }
+        if made.contains(&x) {
+            return true;
+        }
+        if s.place[x.index()] == Place::Inline
+            && matches!(class(g, x), Class::Leaf | Class::Elementwise)
+        {
+            stack.extend(g.node(x).args.iter().copied());
+        }
+    }
+    false
+}
+
+/// The inline producers of a value (itself included when inline), in node order.
+fn inline_closure(g: &Graph, s: &Schedule, roots: &[Handle]) -> BTreeSet<Handle> {
+    let mut out = BTreeSet::new();
+    let mut stack = roots.to_vec();
+    while let Some(h) = stack.pop() {
+        if s.place[h.index()] == Place::Inline
+            && matches!(class(g, h), Class::Leaf | Class::Elementwise)
+            && out.insert(h)
+        {
+            stack.extend(g.node(h).args.iter().copied());
+        }
+    }
+    out
 }
 
 /// A read of a produced (not inline) value by a stage, with its index pattern.
@@ -564,8 +722,6 @@ enum RowFit {
     Row,
     /// A reduction over every axis, the row axis included: per-row partials.
     Split,
-    /// Not per row.
-    No,
 }
 
 fn row_dim(g: &Graph, st: &Stage) -> Option<(Dim, RowFit)> {
@@ -1080,6 +1236,14 @@ pub fn kernel_dims(g: &Graph, s: &Schedule, k: &Kernel) -> BTreeSet<Dim> {
         for sl in stage_scratch(st) {
             out.extend(s.slots[sl].shape.iter().cloned());
         }
+        if let Stage::Check { node } = st {
+            let n = g.node(*node);
+            out.extend(n.ty.shape.iter().cloned());
+            op_dims(&n.op, &mut out);
+            for a in &n.args {
+                out.extend(g.ty(*a).shape.iter().cloned());
+            }
+        }
     }
     out
 }
@@ -1106,12 +1270,14 @@ fn finish(
     slots: Vec<Slot>,
     kernels: Vec<Kernel>,
 ) -> Schedule {
+    let deps = index_deps(g, &place);
     let mut s = Schedule {
         roots,
         place,
         slots,
         dims: vec![],
         kernels,
+        deps,
     };
     let mut all = BTreeSet::new();
     for k in &s.kernels {
@@ -1141,7 +1307,10 @@ impl Schedule {
 }
 
 /// The `--stage sched` text form: slots, then each kernel as a loop nest in
-/// the style of Halide's `print_loop_nest`.
+/// the style of Halide's `print_loop_nest`. Inline values appear at the loop
+/// level where they are computed: loop invariants before the row loop, row
+/// values (row statistics and what is computed from them) in the row loop,
+/// the rest inside the stage's own loops.
 pub fn print(g: &Graph, s: &Schedule, title: &str) -> String {
     let mut o = String::new();
     let _ = writeln!(o, "; {title}: {} kernels", s.kernels.len());
@@ -1162,7 +1331,21 @@ pub fn print(g: &Graph, s: &Schedule, title: &str) -> String {
     }
     for (ki, k) in s.kernels.iter().enumerate() {
         let _ = writeln!(o, "kernel k{ki}:");
+        let mut shown: BTreeSet<Handle> = BTreeSet::new();
         let mut ind = 1;
+        if !k.outer.is_empty() {
+            let made: HashSet<Handle> = k.stages.iter().flat_map(stage_nodes).collect();
+            let mut inv = BTreeSet::new();
+            for st in &k.stages {
+                let w = walk_stage(g, s, st, 0, Some(&made));
+                let roots: Vec<Handle> = w.fixed.iter().map(|(h, _)| *h).collect();
+                inv.extend(inline_closure(g, s, &roots));
+            }
+            for h in &inv {
+                let _ = writeln!(o, "{}{}", "  ".repeat(ind), describe(g, s, *h));
+            }
+            shown.extend(inv);
+        }
         for (j, d) in k.outer.iter().enumerate() {
             let par = if j == 0 && k.parallel {
                 "  // parallel"
@@ -1173,33 +1356,10 @@ pub fn print(g: &Graph, s: &Schedule, title: &str) -> String {
             ind += 1;
         }
         for st in &k.stages {
-            print_stage(g, s, k, st, ind, &mut o);
+            print_stage(g, s, k, st, ind, &mut shown, &mut o);
         }
     }
     o
-}
-
-/// The inline nodes a stage computes, in node order.
-fn inline_list(g: &Graph, s: &Schedule, st: &Stage) -> Vec<Handle> {
-    let mut seen = BTreeSet::new();
-    let own = stage_nodes(st);
-    let mut stack: Vec<Handle> = vec![];
-    for h in &own {
-        stack.extend(g.node(*h).args.iter().copied());
-    }
-    if let Stage::Check { node } = st {
-        stack.extend(g.node(*node).args.iter().copied());
-    }
-    while let Some(h) = stack.pop() {
-        if s.place[h.index()] == Place::Inline
-            && matches!(class(g, h), Class::Leaf | Class::Elementwise)
-            && !own.contains(&h)
-            && seen.insert(h)
-        {
-            stack.extend(g.node(h).args.iter().copied());
-        }
-    }
-    seen.into_iter().collect()
 }
 
 fn describe(g: &Graph, s: &Schedule, h: Handle) -> String {
@@ -1209,15 +1369,43 @@ fn describe(g: &Graph, s: &Schedule, h: Handle) -> String {
         Place::Slot(sl) => format!(" -> s{sl}"),
         Place::Inline | Place::Dead => String::new(),
     };
-    format!("{h} = {} {} : {}{at}", n.op.name(), args.join(", "), n.ty)
+    let attrs = losslang_compiler::ir::print::attrs(&n.op);
+    let attrs = if attrs.is_empty() {
+        String::new()
+    } else {
+        format!("[{attrs}]")
+    };
+    let sep = if args.is_empty() { "" } else { " " };
+    format!(
+        "{h} = {}{attrs}{sep}{} : {}{at}",
+        n.op.name(),
+        args.join(", "),
+        n.ty
+    )
 }
 
-fn print_stage(g: &Graph, s: &Schedule, k: &Kernel, st: &Stage, ind: usize, o: &mut String) {
+fn print_stage(
+    g: &Graph,
+    s: &Schedule,
+    k: &Kernel,
+    st: &Stage,
+    ind: usize,
+    shown: &mut BTreeSet<Handle>,
+    o: &mut String,
+) {
     let pad = |n: usize| "  ".repeat(n);
-    let loops = |shape: &[Dim], skip: &[usize], o: &mut String| -> usize {
+    let w = walk_stage(g, s, st, k.outer.len(), None);
+    let roots: Vec<Handle> = w.fixed.iter().map(|(h, _)| *h).collect();
+    // Row values, before the stage's loops.
+    for h in inline_closure(g, s, &roots) {
+        if shown.insert(h) {
+            let _ = writeln!(o, "{}{}", pad(ind), describe(g, s, h));
+        }
+    }
+    let loops = |shape: &[Dim], o: &mut String| -> usize {
         let mut i = ind;
         for (a, d) in shape.iter().enumerate().skip(k.outer.len()) {
-            if !d.is_one() && !skip.contains(&a) {
+            if !d.is_one() {
                 let _ = writeln!(o, "{}for i{a} in 0..{d}:", pad(i));
                 i += 1;
             }
@@ -1225,13 +1413,15 @@ fn print_stage(g: &Graph, s: &Schedule, k: &Kernel, st: &Stage, ind: usize, o: &
         i
     };
     let body = |i: usize, o: &mut String| {
-        for h in inline_list(g, s, st) {
-            let _ = writeln!(o, "{}{}", pad(i), describe(g, s, h));
+        for h in &w.inner {
+            if !shown.contains(h) && !stage_nodes(st).contains(h) {
+                let _ = writeln!(o, "{}{}", pad(i), describe(g, s, *h));
+            }
         }
     };
     match st {
         Stage::Map { nodes } => {
-            let i = loops(&g.ty(nodes[0]).shape, &[], o);
+            let i = loops(&g.ty(nodes[0]).shape, o);
             body(i, o);
             for h in nodes {
                 let _ = writeln!(o, "{}store {}", pad(i), describe(g, s, *h));
@@ -1244,9 +1434,13 @@ fn print_stage(g: &Graph, s: &Schedule, k: &Kernel, st: &Stage, ind: usize, o: &
                 (Some(a), None) => format!("accumulate in s{a}"),
                 (None, None) => "in registers".into(),
             };
-            let i = loops(&g.ty(x).shape, &[], o);
+            let i = loops(&g.ty(x).shape, o);
             body(i, o);
             let _ = writeln!(o, "{}reduce {} ({how})", pad(i), describe(g, s, *node));
+            // A row statistic is a register for the stages after it.
+            if *acc == None && rows.is_none() {
+                shown.insert(*node);
+            }
         }
         Stage::Finish { node, rows } => {
             let _ = writeln!(
@@ -1262,7 +1456,7 @@ fn print_stage(g: &Graph, s: &Schedule, k: &Kernel, st: &Stage, ind: usize, o: &
                 Op::OneHot(_) => n.args[0],
                 _ => n.args[1],
             };
-            let i = loops(&g.ty(ix).shape, &[], o);
+            let i = loops(&g.ty(ix).shape, o);
             body(i, o);
             let _ = writeln!(o, "{}check the indices {ix} of {node}", pad(i));
         }
@@ -1270,8 +1464,8 @@ fn print_stage(g: &Graph, s: &Schedule, k: &Kernel, st: &Stage, ind: usize, o: &
             let sc = scratch
                 .map(|a| format!(" (scratch s{a})"))
                 .unwrap_or_default();
+            body(ind, o);
             let _ = writeln!(o, "{}{}{sc}", pad(ind), describe(g, s, *node));
-            body(ind + 1, o);
         }
     }
 }

@@ -18,35 +18,48 @@ use cranelift_module::{Linkage, Module, default_libcall_names};
 use losslang_clif::math::{MathOptions, emit_unary_with, is_inline};
 use losslang_compiler::ops::UnaryOp;
 
-/// Every `STRIDE`-th f32 bit pattern is tested (prime, so every exponent and
-/// many mantissa patterns are hit): ~1.05M inputs per op.
-const STRIDE: u64 = 4099;
+/// Every `STRIDE`-th f32 bit pattern is tested (odd, so the samples walk
+/// through every exponent and all mantissa residues): ~700k inputs per op.
+/// `LOSSLANG_MATH_STRIDE` overrides it for a deeper (slower) sweep, e.g. 97 in
+/// a release build.
+const STRIDE: u64 = 6143;
 /// Consecutive floats tested on each side of every dense-sweep centre.
-const RUN: i64 = 2048;
-/// Pseudo-random f64 bit patterns tested per op.
+const RUN: i64 = 4096;
+/// Pseudo-random f64 bit patterns tested per op; `LOSSLANG_MATH_F64_SAMPLES`
+/// overrides it.
 const F64_SAMPLES: usize = 400_000;
 
-/// Ops compared in ulps, with the asserted bound (f32 normal results, f32
-/// subnormal results in subnormal steps, f64 normal results).
-const BOUNDS: &[(UnaryOp, u64, u64, u64)] = &[
-    (UnaryOp::Exp, 4, 1, 4),
-    (UnaryOp::Expm1, 4, 1, 4),
-    (UnaryOp::Log, 4, 0, 4),
-    (UnaryOp::Log1p, 4, 0, 4),
-    (UnaryOp::Tanh, 4, 0, 4),
-    (UnaryOp::Sigmoid, 4, 1, 4),
-    (UnaryOp::Softplus, 4, 1, 4),
-    (UnaryOp::LogSigmoid, 4, 1, 4),
-    (UnaryOp::Atanh, 4, 0, 4),
-    (UnaryOp::Asinh, 4, 0, 4),
-    (UnaryOp::Rsqrt, 1, 0, 1),
-    (UnaryOp::Neg, 0, 0, 0),
-    (UnaryOp::Abs, 0, 0, 0),
-    (UnaryOp::Sqrt, 0, 0, 0),
-    (UnaryOp::Floor, 0, 0, 0),
-    (UnaryOp::Round, 0, 0, 0),
-    (UnaryOp::Relu, 0, 0, 0),
-    (UnaryOp::Sign, 0, 0, 0),
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Ops compared in ulps, with the asserted bounds: f32 results that are
+/// normal (or ±inf), f32 results that are subnormal (counted in subnormal
+/// steps), then the same two for f64. These are the maxima measured over a
+/// sweep of every 97th f32 bit pattern and 20M random f64 patterns (see the
+/// table in `math.rs`); the default sweep here is a subset.
+const BOUNDS: &[(UnaryOp, u64, u64, u64, u64)] = &[
+    (UnaryOp::Exp, 1, 1, 1, 1),
+    (UnaryOp::Expm1, 1, 0, 2, 0),
+    (UnaryOp::Log, 1, 0, 1, 0),
+    (UnaryOp::Log1p, 1, 0, 1, 0),
+    (UnaryOp::Tanh, 2, 0, 3, 0),
+    (UnaryOp::Sigmoid, 2, 1, 2, 1),
+    (UnaryOp::Softplus, 2, 1, 2, 1),
+    (UnaryOp::LogSigmoid, 2, 1, 2, 1),
+    (UnaryOp::Atanh, 2, 0, 2, 0),
+    (UnaryOp::Asinh, 2, 0, 2, 0),
+    (UnaryOp::Rsqrt, 1, 0, 1, 0),
+    (UnaryOp::Neg, 0, 0, 0, 0),
+    (UnaryOp::Abs, 0, 0, 0, 0),
+    (UnaryOp::Sqrt, 0, 0, 0, 0),
+    (UnaryOp::Floor, 0, 0, 0, 0),
+    (UnaryOp::Round, 0, 0, 0, 0),
+    (UnaryOp::Relu, 0, 0, 0, 0),
+    (UnaryOp::Sign, 0, 0, 0, 0),
 ];
 
 type Kernel = unsafe extern "C" fn(*const u8, *mut u8, usize);
@@ -363,7 +376,7 @@ fn inputs_f32() -> Vec<f32> {
     let mut xs = specials::<f32>();
     xs.extend(
         (0..(1u64 << 32))
-            .step_by(STRIDE as usize)
+            .step_by(env_or("LOSSLANG_MATH_STRIDE", STRIDE) as usize)
             .map(|b| f32::from_bits(b as u32)),
     );
     for c in centres() {
@@ -378,14 +391,16 @@ fn inputs_f32() -> Vec<f32> {
 fn inputs_f64() -> Vec<f64> {
     let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
     let mut xs = specials::<f64>();
-    xs.extend((0..F64_SAMPLES).map(|_| {
-        // SplitMix64: uniform over all bit patterns, hence over exponents.
-        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        f64::from_bits(z ^ (z >> 31))
-    }));
+    xs.extend(
+        (0..env_or("LOSSLANG_MATH_F64_SAMPLES", F64_SAMPLES)).map(|_| {
+            // SplitMix64: uniform over all bit patterns, hence over exponents.
+            state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            f64::from_bits(z ^ (z >> 31))
+        }),
+    );
     for c in centres() {
         let o = c.ordered();
         xs.extend((o - RUN / 2..=o + RUN / 2).map(f64::from_ordered));
@@ -449,7 +464,7 @@ fn reference<T: Lane>(op: UnaryOp, xs: &[T]) -> Vec<T> {
 /// failures (empty when all bounds hold) after printing the measured table.
 fn accuracy<T: Lane + Send + Sync>(
     xs: &[T],
-    bound_of: impl Fn(&(UnaryOp, u64, u64, u64)) -> (u64, u64) + Sync,
+    bound_of: impl Fn(&(UnaryOp, u64, u64, u64, u64)) -> (u64, u64) + Sync,
 ) {
     // Ops are independent: spread them over the cores, each thread with its
     // own JIT module.
@@ -606,7 +621,7 @@ fn f32_accuracy_scalar_and_vector() {
 #[test]
 fn f64_accuracy_scalar_and_vector() {
     let xs = inputs_f64();
-    accuracy(&xs, |e| (e.3, e.3.max(1)));
+    accuracy(&xs, |e| (e.3, e.4));
 }
 
 /// The special values the backend relies on, spelled out.

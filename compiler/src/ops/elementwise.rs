@@ -135,8 +135,8 @@ impl UnaryOp {
             }
             UnaryOp::Sin => x.sin(),
             UnaryOp::Cos => x.cos(),
-            UnaryOp::Atanh => x.atanh(),
-            UnaryOp::Asinh => x.asinh(),
+            UnaryOp::Atanh => atanh(x),
+            UnaryOp::Asinh => asinh(x),
             UnaryOp::Not | UnaryOp::IsFinite => {
                 unreachable!("bool-valued ops are evaluated in eval_unary")
             }
@@ -634,4 +634,22 @@ pub fn apply_f_unary_int(u: UnaryOp, x: i64) -> i64 {
         UnaryOp::Sign => x.signum(),
         _ => unreachable!("only neg, abs and sign fold on integers"),
     }
+}
+
+/// atanh accurate on both sides: Rust's f64 `atanh` loses digits near -1.
+pub fn atanh(x: f64) -> f64 {
+    let a = x.abs();
+    let r = 0.5 * (2.0 * a / (1.0 - a)).ln_1p();
+    if x.is_sign_negative() { -r } else { r }
+}
+
+/// asinh without overflow for huge |x| (Rust's f64 `asinh` overflows above MAX / 2).
+pub fn asinh(x: f64) -> f64 {
+    let a = x.abs();
+    let r = if a > 1e150 {
+        a.ln() + std::f64::consts::LN_2
+    } else {
+        x.abs().asinh()
+    };
+    if x.is_sign_negative() { -r } else { r }
 }

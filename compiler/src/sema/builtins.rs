@@ -1475,6 +1475,23 @@ impl Checker<'_> {
         w: Option<Handle>,
         sp: Span,
     ) -> Option<Handle> {
+        // Entries of weight 0 take no part: not in the shift (a large one would underflow
+        // every weighted term to 0, log 0 = -inf) and never exponentiated (exp overflowing
+        // to inf, times 0, is NaN). Both happen to a masked positive at a small temperature.
+        let x = match w {
+            Some(w) => {
+                let zero = self.g.float_like(0.0, w, sp);
+                let Val::T(pos) = self.push_op(Op::Binary(BinaryOp::Ne), vec![w, zero], sp) else {
+                    return None;
+                };
+                let ninf = self.g.float_like(f64::NEG_INFINITY, x, sp);
+                match self.push_op(Op::Where, vec![pos, x, ninf], sp) {
+                    Val::T(h) => h,
+                    _ => return None,
+                }
+            }
+            None => x,
+        };
         let m = self.max_axes(x, axes, true, sp);
         let m = self.g.mk(Op::StopGrad, vec![m], sp);
         // An all -inf row has max -inf; shift by 0 there so exp stays 0, not NaN.

@@ -11,9 +11,10 @@
 //! `parse_check` mutates the standard library's files (byte flips, token
 //! insertions from `loss.dict`'s list, deletions, duplications, truncations);
 //! `parse_tokens` feeds random token soups; `differential` feeds random bytes to
-//! the program generator.
+//! the program generator. `fuzz_driver show FILE.bin` prints what a stored
+//! differential input generates: the program, its data, each backend's results.
 
-use losslang_fuzz::gen::{Outcome, Rng, differential};
+use losslang_fuzz::program_gen::{Outcome, Rng, differential};
 use losslang_fuzz::parse::{TOKENS, check_text, token_soup};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -36,6 +37,9 @@ fn args() -> Result<Args, String> {
         minutes: 1.0,
         seed: 0,
     };
+    if a.target == "show" {
+        return Ok(a);
+    }
     while let Some(flag) = it.next() {
         let v = it.next().ok_or(format!("{flag} needs a value"))?;
         match flag.as_str() {
@@ -105,6 +109,17 @@ fn main() {
         }
     };
     // Findings are reported by this driver; the default hook's backtrace is noise here.
+    if a.target == "show" {
+        // `fuzz_driver show FILE` prints a differential input's program, data and results.
+        let path = std::env::args().nth(2).unwrap_or_default();
+        let bytes = std::fs::read(&path).unwrap_or_default();
+        let spec = losslang_fuzz::program_gen::generate(&bytes);
+        print!("{}", losslang_fuzz::program_gen::describe(&spec));
+        if let Err(f) = differential(&bytes) {
+            println!("// finding: {}", f.what);
+        }
+        return;
+    }
     std::panic::set_hook(Box::new(|_| {}));
     let corpus = stdlib_corpus();
     let mut rng = Rng::new(a.seed ^ 0x00F0_220F_F022_0000);
