@@ -4,7 +4,7 @@
 //! attributed to their IR node by the caller.
 
 use crate::kernels::{
-    ArgsortStable, CumsumScan, FirstRepeat, LogCumSumExpScan, Rand, SearchSorted,
+    ArgsortStable, CumsumScan, FirstRepeat, LogCumSumExpScan, Powf, Rand, SearchSorted,
 };
 use crate::plan::{Binary, Call, Cmp, Plan, Slot, Source, Step, Target, Unary};
 use candle_core::{DType as CDType, Device, Tensor};
@@ -328,11 +328,23 @@ impl<'a> Frame<'a> {
             }
             // candle's CPU index_select reads its source contiguously.
             Call::Flip(axis) => a(0).contiguous()?.flip(&[*axis])?,
-            Call::SumKeepdim(axes) => a(0).sum_keepdim(axes.clone())?,
+            Call::SumKeepdim(axes) => {
+                let x = a(0);
+                if x.elem_count() == 0 {
+                    // candle refuses to reduce an empty tensor; a sum of nothing is 0.
+                    let mut s = x.dims().to_vec();
+                    for &ax in axes {
+                        s[ax] = 1;
+                    }
+                    Tensor::zeros(s, x.dtype(), self.device)?
+                } else {
+                    x.sum_keepdim(axes.clone())?
+                }
+            }
             Call::MaxKeepdim(axis) | Call::MinKeepdim(axis) => {
                 let x = a(0);
                 let max = matches!(st.call, Call::MaxKeepdim(_));
-                if x.dim(*axis)? == 0 {
+                if x.elem_count() == 0 {
                     // The interpreter's fold over nothing: its initial value.
                     let mut s = x.dims().to_vec();
                     s[*axis] = 1;
@@ -444,6 +456,9 @@ impl<'a> Frame<'a> {
             Call::SearchSorted { right } => a(0)
                 .contiguous()?
                 .apply_op2_no_bwd(&a(1).contiguous()?, &SearchSorted { right: *right })?,
+            Call::Powf => a(0)
+                .contiguous()?
+                .apply_op2_no_bwd(&a(1).contiguous()?, &Powf)?,
             Call::Rand(kind, shape) => {
                 let shape = self.shape(shape)?;
                 a(0).apply_op2_no_bwd(&a(1), &Rand { kind: *kind, shape })?

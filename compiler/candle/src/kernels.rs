@@ -298,6 +298,56 @@ impl CustomOp2 for SearchSorted {
     }
 }
 
+/// `powf` per element, in f64 (libm's, as the interpreter), rounded to the
+/// arguments' dtype; the arguments have one shape.
+#[derive(Clone, Copy, Debug)]
+pub struct Powf;
+
+impl CustomOp2 for Powf {
+    fn name(&self) -> &'static str {
+        "losslang-powf"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let out = match (s1, s2) {
+            (CpuStorage::F32(x), CpuStorage::F32(y)) => CpuStorage::F32(
+                elems(x, l1, "pow")?
+                    .iter()
+                    .zip(elems(y, l2, "pow")?)
+                    .map(|(&a, &b)| f64::from(a).powf(f64::from(b)) as f32)
+                    .collect(),
+            ),
+            (CpuStorage::F64(x), CpuStorage::F64(y)) => CpuStorage::F64(
+                elems(x, l1, "pow")?
+                    .iter()
+                    .zip(elems(y, l2, "pow")?)
+                    .map(|(&a, &b)| a.powf(b))
+                    .collect(),
+            ),
+            (a, _) => {
+                return Err(Error::Msg(format!("losslang `pow` on {:?}", a.dtype())));
+            }
+        };
+        Ok((out, l1.shape().clone()))
+    }
+
+    fn cuda_fwd(
+        &self,
+        _: &CudaStorage,
+        _: &Layout,
+        _: &CudaStorage,
+        _: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        Err(no_cuda("powf"))
+    }
+}
+
 /// The counter-based generator: element `i` (row-major) of `shape` from the
 /// i64 scalars `seed` and `step`, f64.
 #[derive(Clone, Debug)]

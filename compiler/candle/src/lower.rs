@@ -829,18 +829,23 @@ fn lower_unary(b: &mut Builder, u: UnaryOp, x: Slot) -> R {
         UnaryOp::Sin => Ok(b.unary(Unary::Sin, x)),
         UnaryOp::Cos => Ok(b.unary(Unary::Cos, x)),
         UnaryOp::Atanh => {
-            // Rust's `atanh`: ½·log1p(2x / (1 - x)).
+            // The interpreter's odd form: ½·log1p(2a / (1 - a)) with a = |x|, signed.
+            let a = b.unary(Unary::Abs, x);
             let one = b.f(1.0, x);
             let two = b.f(2.0, x);
             let half = b.f(0.5, x);
-            let num = b.bin(Binary::Mul, two, x)?;
-            let den = b.bin(Binary::Sub, one, x)?;
+            let num = b.bin(Binary::Mul, two, a)?;
+            let den = b.bin(Binary::Sub, one, a)?;
             let q = b.bin(Binary::Div, num, den)?;
             let l = b.log1p(q)?;
-            b.bin(Binary::Mul, half, l)
+            let r = b.bin(Binary::Mul, half, l)?;
+            let zero = b.f(0.0, x);
+            let neg = b.cmp(Cmp::Lt, x, zero)?;
+            let nr = b.unary(Unary::Neg, r);
+            b.where_(neg, nr, r)
         }
         UnaryOp::Asinh => {
-            // Rust's `asinh`: log1p(a + a/(hypot(1, 1/a) + 1/a)) with the sign of x.
+            // Rust's `asinh` of |x|: log1p(a + a/(hypot(1, 1/a) + 1/a)), then the sign of x.
             let a = b.unary(Unary::Abs, x);
             let ia = b.unary(Unary::Recip, a);
             let ia2 = b.unary(Unary::Sqr, ia);
@@ -851,6 +856,12 @@ fn lower_unary(b: &mut Builder, u: UnaryOp, x: Slot) -> R {
             let q = b.bin(Binary::Div, a, den)?;
             let s = b.bin(Binary::Add, a, q)?;
             let r = b.log1p(s)?;
+            // Past 1e150 the interpreter takes log(a) + log 2 (no overflow in f64).
+            let la = b.unary(Unary::Log, a);
+            let ln2 = b.f(std::f64::consts::LN_2, x);
+            let big_r = b.bin(Binary::Add, la, ln2)?;
+            let big = b.cmp_s(Cmp::Gt, a, Scalar::F(1e150))?;
+            let r = b.where_(big, big_r, r)?;
             let zero = b.f(0.0, x);
             let neg = b.cmp(Cmp::Lt, x, zero)?;
             let nr = b.unary(Unary::Neg, r);
@@ -872,7 +883,16 @@ fn lower_binary(b: &mut Builder, op: BinaryOp, x: Slot, y: Slot) -> R {
         BinaryOp::Sub => b.bin(Binary::Sub, x, y),
         BinaryOp::Mul => b.bin(Binary::Mul, x, y),
         BinaryOp::Div => b.bin(Binary::Div, x, y),
-        BinaryOp::Pow => pow(b, x, y),
+        BinaryOp::Pow => match b.target {
+            // libm's powf per element (in f64), as the interpreter: `x ** 2` is `x * x`.
+            Target::Cpu => {
+                let s = broadcast_shapes(&b.shape(x), &b.shape(y))?;
+                let xb = b.broadcast_to(x, &s);
+                let yb = b.broadcast_to(y, &s);
+                Ok(b.emit(Call::Powf, &[xb, yb], d, s))
+            }
+            Target::Portable => pow(b, x, y),
+        },
         BinaryOp::Maximum | BinaryOp::Minimum => {
             let c = if op == BinaryOp::Maximum {
                 Cmp::Ge
@@ -923,7 +943,7 @@ fn lower_binary(b: &mut Builder, op: BinaryOp, x: Slot, y: Slot) -> R {
     }
 }
 
-/// `powf` with IEEE rules: `exp(y·log|x|)`, the sign of an odd integer power
+/// Portable `powf` with IEEE rules: `exp(y·log|x|)`, the sign of an odd integer power
 /// of a negative base, NaN for a negative base and a fractional exponent, and
 /// 1 for `x^0` and `1^y`.
 fn pow(b: &mut Builder, x: Slot, y: Slot) -> R {
@@ -951,6 +971,16 @@ fn pow(b: &mut Builder, x: Slot, y: Slot) -> R {
     let nz = b.cmp(Cmp::Lt, rx, zero)?;
     let neg = b.or(lt, nz)?;
     let res = b.where_(neg, neg_base, r)?;
+    // Correctly rounded where exp(y·log|x|) may miss by an ulp: `x ** 2` must
+    // equal `x * x`, and `x ** -1` must equal `1 / x`.
+    let sq = b.bin(Binary::Mul, x, x)?;
+    let y2 = b.cmp_s(Cmp::Eq, y, Scalar::F(2.0))?;
+    let res = b.where_(y2, sq, res)?;
+    let rc = b.unary(Unary::Recip, x);
+    let ym1 = b.cmp_s(Cmp::Eq, y, Scalar::F(-1.0))?;
+    let res = b.where_(ym1, rc, res)?;
+    let y1 = b.cmp_s(Cmp::Eq, y, Scalar::F(1.0))?;
+    let res = b.where_(y1, x, res)?;
     let y0 = b.cmp_s(Cmp::Eq, y, Scalar::F(0.0))?;
     let x1 = b.cmp_s(Cmp::Eq, x, Scalar::F(1.0))?;
     let unit = b.or(y0, x1)?;

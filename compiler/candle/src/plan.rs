@@ -184,6 +184,8 @@ pub enum Call {
     SearchSorted {
         right: bool,
     },
+    /// *custom*: `powf` per element (computed in f64), arguments of one shape.
+    Powf,
     /// *custom*: the counter-based generator (args: seed, step), f64.
     Rand(RandKind, Shape),
 }
@@ -305,6 +307,7 @@ impl Call {
                 "custom:searchsorted[{}]",
                 if *right { "right" } else { "left" }
             ),
+            Call::Powf => "custom:powf".into(),
             Call::Rand(k, s) => format!(
                 "custom:rand[{}, {}]",
                 match k {
