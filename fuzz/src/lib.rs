@@ -2,5 +2,5 @@
 //! (`fuzz_targets/`), the stable-toolchain driver (`src/bin/fuzz_driver.rs`) and
 //! the regression tests share one implementation.
 
-pub mod program_gen;
 pub mod parse;
+pub mod program_gen;

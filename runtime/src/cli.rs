@@ -362,20 +362,20 @@ fn build(ctx: &Ctx, path: &Path, common: &Common, quiet: bool) -> Res<Program> {
 fn check(ctx: &Ctx, a: CheckArgs) -> Res<()> {
     let mut failed = None;
     for f in &a.files {
-        if let Ok(src) = read_source(ctx, f) {
-            if losslang_compiler::sema::scope::is_module(&src.text) {
-                let mut sources = vec![src];
-                let diags = losslang_compiler::sema::scope::check_module(&mut sources, &FileLoader);
-                for d in &diags {
-                    eprint!("{}", render_diag(d, &sources, ctx.color, Ctx::width()));
-                }
-                if diags.iter().any(|d| d.is_error()) {
-                    failed = Some(1);
-                } else {
-                    eprintln!("ok: {} (module)", f.display());
-                }
-                continue;
+        if let Ok(src) = read_source(ctx, f)
+            && losslang_compiler::sema::scope::is_module(&src.text)
+        {
+            let mut sources = vec![src];
+            let diags = losslang_compiler::sema::scope::check_module(&mut sources, &FileLoader);
+            for d in &diags {
+                eprint!("{}", render_diag(d, &sources, ctx.color, Ctx::width()));
             }
+            if diags.iter().any(|d| d.is_error()) {
+                failed = Some(1);
+            } else {
+                eprintln!("ok: {} (module)", f.display());
+            }
+            continue;
         }
         match build(ctx, f, &a.common, false) {
             Ok(p) => {

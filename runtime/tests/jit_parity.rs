@@ -49,9 +49,8 @@ fn close(what: &str, got: &Tensor, want: &Tensor, rtol: f64, atol: f64) -> Resul
         .filter(|x| x.is_finite())
         .fold(1.0f64, |m, x| m.max(x.abs()));
     for (i, (x, y)) in a.iter().zip(&b).enumerate() {
-        let ok = (x.is_nan() && y.is_nan())
-            || x == y
-            || (x - y).abs() <= rtol * y.abs() + atol * scale;
+        let ok =
+            (x.is_nan() && y.is_nan()) || x == y || (x - y).abs() <= rtol * y.abs() + atol * scale;
         if !ok {
             return Err(format!("{what}[{i}]: jit {x}, interp {y}"));
         }
@@ -91,7 +90,11 @@ fn jit_matches_the_interpreter_on_every_stdlib_loss() {
         if is_module(&text) {
             continue;
         }
-        let file = path.file_name().expect("name").to_string_lossy().to_string();
+        let file = path
+            .file_name()
+            .expect("name")
+            .to_string_lossy()
+            .to_string();
         let p = compile(
             Source {
                 name: file.clone(),
@@ -100,7 +103,12 @@ fn jit_matches_the_interpreter_on_every_stdlib_loss() {
             &FileLoader,
             &CompileOptions::default(),
         )
-        .unwrap_or_else(|f| panic!("{file}: {:?}", f.diags.iter().map(|d| &d.message).collect::<Vec<_>>()));
+        .unwrap_or_else(|f| {
+            panic!(
+                "{file}: {:?}",
+                f.diags.iter().map(|d| &d.message).collect::<Vec<_>>()
+            )
+        });
         for (size, seed, threads) in [(3, 1, 1), (37, 2, 1), (130, 3, 3)] {
             let dims = dims_for(&p, size);
             let inputs = match random_inputs(&p.opt, &dims, seed) {

@@ -4,8 +4,8 @@
 //! counted. Exit status 1 when anything was found.
 //!
 //! ```text
-//! cargo run --release --no-default-features --bin fuzz_driver -- differential --minutes 10
-//! cargo run --release --no-default-features --bin fuzz_driver -- parse_check --minutes 10 --seed 3
+//! cargo run --release --no-default-features --features driver --bin fuzz_driver -- differential --minutes 10
+//! cargo run --release --no-default-features --features driver --bin fuzz_driver -- parse_check --minutes 10 --seed 3
 //! ```
 //!
 //! `parse_check` mutates the standard library's files (byte flips, token
@@ -14,8 +14,8 @@
 //! the program generator. `fuzz_driver show FILE.bin` prints what a stored
 //! differential input generates: the program, its data, each backend's results.
 
-use losslang_fuzz::program_gen::{Outcome, Rng, differential};
 use losslang_fuzz::parse::{TOKENS, check_text, token_soup};
+use losslang_fuzz::program_gen::{Outcome, Rng, differential};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -141,10 +141,19 @@ fn main() {
         let target = a.target.clone();
         let data = input.clone();
         let r = std::panic::catch_unwind(move || match target.as_str() {
-            "parse_check" => Ok(format!("{:?}", check_text(String::from_utf8_lossy(&data).into_owned()))),
+            "parse_check" => Ok(format!(
+                "{:?}",
+                check_text(String::from_utf8_lossy(&data).into_owned())
+            )),
             "parse_tokens" => Ok(format!("{:?}", check_text(token_soup(&data)))),
             "differential" => match differential(&data) {
-                Ok(Outcome::Agreed { gradchecked, .. }) => Ok(format!("agreed (gradcheck {gradchecked})")),
+                Ok(Outcome::Agreed {
+                    gradchecked,
+                    f32_conditioned,
+                    ..
+                }) => Ok(format!(
+                    "agreed (gradcheck {gradchecked}, f32-conditioned {f32_conditioned})"
+                )),
                 Ok(Outcome::DataError) => Ok("data error".to_string()),
                 Err(f) => Err(f.to_string()),
             },
@@ -170,7 +179,10 @@ fn main() {
         let stem = a.out.join(format!("finding-{runs}"));
         let _ = std::fs::write(stem.with_extension("bin"), &input);
         let _ = std::fs::write(stem.with_extension("txt"), &report);
-        eprintln!("finding {found} at run {runs}: {}", report.lines().next().unwrap_or(""));
+        eprintln!(
+            "finding {found} at run {runs}: {}",
+            report.lines().next().unwrap_or("")
+        );
     }
     println!(
         "{}: {runs} runs in {:.1} min, {found} findings; outcomes {stats:?}",
