@@ -1,5 +1,5 @@
 //! The parser + checker fuzz targets' core: any text through the grammar, the
-//! AST printer (which must round-trip), the full `compile` with a loader that
+//! AST dump, the full `compile` with a loader that
 //! finds nothing, and — for programs that compile — one call on small random
 //! inputs on every available backend. Nothing may panic; the caller turns a
 //! panic into a crash report.
@@ -39,20 +39,9 @@ pub fn check_text(text: String) -> Reached {
 /// Every stage on the current thread (which needs a big stack for deep nesting).
 pub fn check_text_here(text: &str) -> Reached {
     if let Ok(ast) = losslang_grammar::parse(text) {
-        // The printer's output is a program that parses and prints the same.
-        let printed = losslang_grammar::print::print_file(&ast);
-        match losslang_grammar::parse(&printed) {
-            Ok(again) => {
-                let twice = losslang_grammar::print::print_file(&again);
-                assert_eq!(
-                    printed, twice,
-                    "printing the AST is not stable\n--- input\n{text}"
-                );
-            }
-            Err(e) => panic!(
-                "the printed AST does not parse: {e:?}\n--- input\n{text}\n--- printed\n{printed}"
-            ),
-        }
+        // The AST dump (`lossc emit --stage ast`) prints whatever parsed.
+        let dump = losslang_grammar::print::print_file(&ast);
+        assert!(dump.starts_with("; losslang ast"), "{dump}");
     } else {
         // The checker must also report (not panic on) what the parser rejects.
         let _ = compile(src(text), &NoLoader, &CompileOptions::default());

@@ -108,10 +108,10 @@ fn focal_fused(
 ) -> f32 {
     let mut loss = 0.0f64;
     let inv = 1.0 / (n * c) as f32;
-    for i in 0..n {
+    for (i, &ti) in t.iter().enumerate().take(n) {
         for j in 0..c {
             let k = i * c + j;
-            let pos = t[i] == j as i64;
+            let pos = ti == j as i64;
             let s = if pos { 1.0f32 } else { -1.0 };
             let z = s * x[k];
             // log p_t = log_sigmoid(z), 1 - p_t = sigmoid(-z)

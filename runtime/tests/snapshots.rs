@@ -1,6 +1,6 @@
-//! Every stage's text form (ast, ir, grad, opt) for every `.loss` file in
-//! stdlib/, examples/ and compiler/tests/cases/ (found by glob: nothing is
-//! registered by hand). Module files (only `fn`s) get their ast snapshot.
+//! Every stage's text form (ast, ir, grad, opt, candle, sched, clif) for
+//! every `.loss` file in stdlib/, examples/ and compiler/tests/cases/ (found
+//! by glob: nothing is registered by hand). Module files (only `fn`s) get their ast snapshot.
 
 use losslang_compiler::ir::print::print;
 use losslang_compiler::program::{CompileOptions, compile};
@@ -45,6 +45,8 @@ fn stages(path: &Path) {
     let candle = losslang_candle::emit_text(&p.opt, losslang_candle::Target::Cpu)
         .unwrap_or_else(|e| panic!("{file} does not lower to candle: {e}"));
     insta::assert_snapshot!("candle", candle);
+    insta::assert_snapshot!("sched", losslang_clif::sched_text(&p.opt));
+    insta::assert_snapshot!("clif", losslang_clif::clif_text(&p.opt));
 }
 
 #[test]

@@ -240,6 +240,41 @@ fn read_slot(src: &[u8], storage: Storage, dtype: DType, shape: Vec<usize>) -> T
     Tensor { dtype, shape, data }
 }
 
+/// Offsets for slots of `lens` bytes whose kernel spans `live` (inclusive)
+/// may overlap in time only if their memory does not: first fit, in order of
+/// first use. Returns the offsets and the total size.
+fn pack(lens: &[usize], live: &[(usize, usize)]) -> Option<(Vec<usize>, usize)> {
+    let mut order: Vec<usize> = (0..lens.len()).collect();
+    order.sort_by_key(|&i| (live[i].0, i));
+    let mut offsets = vec![0usize; lens.len()];
+    let mut placed: Vec<usize> = vec![];
+    let mut total = 0usize;
+    for i in order {
+        let len = lens[i].checked_add(SLOT_ALIGN - 1)? / SLOT_ALIGN * SLOT_ALIGN;
+        // Memory in use while slot `i` lives, by offset.
+        let mut busy: Vec<(usize, usize)> = placed
+            .iter()
+            .filter(|&&j| live[j].1 >= live[i].0 && live[j].0 <= live[i].1)
+            .map(|&j| {
+                let lj = lens[j].div_ceil(SLOT_ALIGN) * SLOT_ALIGN;
+                (offsets[j], offsets[j] + lj)
+            })
+            .collect();
+        busy.sort_unstable();
+        let mut at = 0usize;
+        for (a, b) in busy {
+            if a >= at.checked_add(len)? {
+                break;
+            }
+            at = at.max(b);
+        }
+        offsets[i] = at;
+        total = total.max(at.checked_add(len)?);
+        placed.push(i);
+    }
+    Some((offsets, total))
+}
+
 /// Runs the kernels on `env` and returns the values of `roots`.
 pub fn run(
     g: &Graph,
@@ -255,9 +290,7 @@ pub fn run(
     let dim_of: HashMap<&Dim, i64> = s.dims.iter().zip(dims.iter().copied()).collect();
     let dimv = |d: &Dim| d.as_const().unwrap_or_else(|| dim_of[d]);
     // Slot sizes from the same resolved dims the kernels loop over.
-    let mut offsets = Vec::with_capacity(s.slots.len());
     let mut lens = Vec::with_capacity(s.slots.len());
-    let mut total = 0usize;
     for (i, sl) in s.slots.iter().enumerate() {
         let shape: Vec<usize> = sl
             .shape
@@ -273,12 +306,10 @@ pub fn run(
                 };
                 shape_err(h, format!("slot s{i} of shape {shape:?} is too large"))
             })?;
-        offsets.push(total);
         lens.push(bytes);
-        total = total
-            .checked_add(bytes.div_ceil(SLOT_ALIGN) * SLOT_ALIGN)
-            .ok_or_else(|| shape_err(s.roots[0], "the buffers do not fit in memory".into()))?;
     }
+    let (offsets, total) = pack(&lens, &s.live)
+        .ok_or_else(|| shape_err(s.roots[0], "the buffers do not fit in memory".into()))?;
     // The arena is reused across calls: writing into fresh pages costs far
     // more than the arithmetic. A concurrent call gets its own.
     let mut own = Vec::new();
@@ -289,6 +320,15 @@ pub fn run(
     };
     let words = total.div_ceil(8) + SLOT_ALIGN / 8;
     if mem.len() < words {
+        // Sizes come from the data: a failed allocation is an error, not an abort.
+        if mem.try_reserve_exact(words - mem.len()).is_err() {
+            return Err(NodeError {
+                node: s.roots[0],
+                error: EvalError::Other(format!(
+                    "the compiled program needs {total} bytes of buffers for these sizes, more than can be allocated"
+                )),
+            });
+        }
         mem.resize(words, 0);
     }
     // SAFETY: a plain byte view of the u64 buffer.
@@ -315,7 +355,12 @@ pub fn run(
                 _ => false,
             })
             .map_or(s.roots[0], |p| Handle(p as u32));
-        if t.shape != want || t.len() * sl.storage.bytes() != lens[i] {
+        let data_len = match &t.data {
+            Data::F(v) => v.len(),
+            Data::I(v) => v.len(),
+            Data::B(v) => v.len(),
+        };
+        if t.shape != want || data_len != t.len() || t.len() * sl.storage.bytes() != lens[i] {
             return Err(shape_err(
                 node,
                 format!(

@@ -191,7 +191,7 @@ pub struct Compiled {
     _module: Holder,
 }
 
-fn compile_set(g: &Graph, roots: &[Handle]) -> Result<Compiled, JitError> {
+fn compile_set(g: &Graph, roots: &[Handle], fused: bool) -> Result<Compiled, JitError> {
     let e = |x: &dyn std::fmt::Display| JitError(x.to_string());
     let mut fb = settings::builder();
     fb.set("opt_level", "speed").map_err(|x| e(&x))?;
@@ -215,12 +215,17 @@ fn compile_set(g: &Graph, roots: &[Handle]) -> Result<Compiled, JitError> {
         jb.symbol(f.name, f.addr);
     }
     let mut module = JITModule::new(jb);
-    let s = schedule::fuse(g, roots);
+    let s = if fused {
+        schedule::fuse(g, roots)
+    } else {
+        schedule::unfused(g, roots)
+    };
     let sig = kernel_signature(target.frontend.pointer_type(), target.call_conv);
     let mut ids = vec![];
     let mut ctx = module.make_context();
     let mut fctx = FunctionBuilderContext::new();
     let mut imported = HashMap::new();
+    let mut sizes = vec![];
     for ki in 0..s.kernels.len() {
         let id = module
             .declare_function(&format!("k{ki}"), Linkage::Local, &sig)
@@ -239,10 +244,20 @@ fn compile_set(g: &Graph, roots: &[Handle]) -> Result<Compiled, JitError> {
         module
             .define_function(id, &mut ctx)
             .map_err(|x| JitError(format!("kernel k{ki}: {x:?}")))?;
+        sizes.push(ctx.compiled_code().map_or(0, |c| c.code_info().total_size));
         module.clear_context(&mut ctx);
         ids.push(id);
     }
     module.finalize_definitions().map_err(|x| e(&x))?;
+    if std::env::var_os("LOSSLANG_PERF_MAP").is_some() {
+        perf_map(
+            &g.name,
+            &ids.iter()
+                .map(|id| module.get_finalized_function(*id))
+                .collect::<Vec<_>>(),
+            &sizes,
+        );
+    }
     let fns = ids
         .iter()
         .map(|id| {
@@ -260,12 +275,29 @@ fn compile_set(g: &Graph, roots: &[Handle]) -> Result<Compiled, JitError> {
     })
 }
 
-type CacheKey = (u64, Vec<Handle>);
+/// Appends the kernels to `/tmp/perf-<pid>.map` so that `perf report` names
+/// them (`LOSSLANG_PERF_MAP=1`).
+fn perf_map(name: &str, addrs: &[*const u8], sizes: &[u32]) {
+    use std::io::Write;
+    let path = std::env::temp_dir().join(format!("perf-{}.map", std::process::id()));
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
+        for (ki, (a, n)) in addrs.iter().zip(sizes).enumerate() {
+            let _ = writeln!(f, "{:x} {n:x} losslang::{name}::k{ki}", *a as usize);
+        }
+    }
+}
+
+type CacheKey = (u64, bool, Vec<Handle>);
+type CacheEntry = (CacheKey, Arc<String>, Arc<Compiled>);
 
 /// Compiled result sets of this process, by graph text and result set; the
 /// text is kept to rule out hash collisions. Bounded: the oldest goes first.
-fn cache() -> &'static Mutex<Vec<(CacheKey, Arc<String>, Arc<Compiled>)>> {
-    static C: OnceLock<Mutex<Vec<(CacheKey, Arc<String>, Arc<Compiled>)>>> = OnceLock::new();
+fn cache() -> &'static Mutex<Vec<CacheEntry>> {
+    static C: OnceLock<Mutex<Vec<CacheEntry>>> = OnceLock::new();
     C.get_or_init(|| Mutex::new(Vec::new()))
 }
 
@@ -280,11 +312,22 @@ pub struct Jit {
     sets: Mutex<HashMap<Vec<Handle>, Arc<Compiled>>>,
     arena: Mutex<Vec<u64>>,
     threads: usize,
+    fused: bool,
 }
 
 impl Jit {
     /// Compiles `g` (an optimised graph) for a call with and without gradients.
     pub fn new(g: &Graph) -> Result<Jit, JitError> {
+        Jit::build(g, true)
+    }
+
+    /// Like `new`, without fusion: every node stored by a kernel of its own.
+    /// The baseline that fusion is checked against.
+    pub fn unfused(g: &Graph) -> Result<Jit, JitError> {
+        Jit::build(g, false)
+    }
+
+    fn build(g: &Graph, fused: bool) -> Result<Jit, JitError> {
         let text = losslang_compiler::ir::print::print(g, "opt");
         let mut h = DefaultHasher::new();
         text.hash(&mut h);
@@ -295,6 +338,7 @@ impl Jit {
             sets: Mutex::new(HashMap::new()),
             arena: Mutex::new(Vec::new()),
             threads: 1,
+            fused,
         };
         for (_, roots) in variants(g) {
             jit.compiled(&roots)?;
@@ -321,7 +365,7 @@ impl Jit {
         if let Some(c) = sets.get(&k) {
             return Ok(c.clone());
         }
-        let ck = (self.hash, k.clone());
+        let ck = (self.hash, self.fused, k.clone());
         let hit = {
             let c = cache().lock().unwrap_or_else(|p| p.into_inner());
             c.iter()
@@ -331,7 +375,7 @@ impl Jit {
         let c = match hit {
             Some(c) => c,
             None => {
-                let c = Arc::new(compile_set(&self.graph, &k)?);
+                let c = Arc::new(compile_set(&self.graph, &k, self.fused)?);
                 let mut cc = cache().lock().unwrap_or_else(|p| p.into_inner());
                 if cc.len() >= CACHE_ENTRIES {
                     cc.remove(0);

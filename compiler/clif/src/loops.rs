@@ -12,11 +12,17 @@ pub struct Loop {
     var: Variable,
     /// The induction variable's value in the body.
     pub index: Value,
+    step: i64,
 }
 
 impl Loop {
     /// Opens the loop at the current position. `end` must be defined before it.
     pub fn open(b: &mut FunctionBuilder, start: Value, end: Value) -> Loop {
+        Loop::open_step(b, start, end, 1)
+    }
+
+    /// `for i in (start..end).step_by(step)`, for `end - start` a multiple of `step`.
+    pub fn open_step(b: &mut FunctionBuilder, start: Value, end: Value, step: i64) -> Loop {
         let var = b.declare_var(types::I64);
         b.def_var(var, start);
         let header = b.create_block();
@@ -34,12 +40,13 @@ impl Loop {
             exit,
             var,
             index,
+            step,
         }
     }
 
     /// Closes the loop (increment, back edge); the builder continues after it.
     pub fn close(self, b: &mut FunctionBuilder) {
-        let next = b.ins().iadd_imm_s(self.index, 1);
+        let next = b.ins().iadd_imm_s(self.index, self.step);
         b.def_var(self.var, next);
         b.ins().jump(self.header, &[]);
         b.seal_block(self.header);

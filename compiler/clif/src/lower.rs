@@ -5,13 +5,19 @@
 //! (`compute`, one arm per op). Values are remembered per loop scope, so a
 //! node used twice in a loop body is computed once, and a row statistic
 //! computed in an outer loop is a register for every inner loop after it.
+//! Map stages and register reductions run their innermost loop 4 lanes wide
+//! (`vcompute`, `accumulate`) when `vectorizable` admits the loop body, with
+//! a scalar loop for the remainder. Special stages (concat, scatters,
+//! matmul, argsort, scans) have loop structures of their own
+//! (`emit_special`).
 
 use crate::abi::{CTX_BUFS, CTX_DIMS, CTX_FAULTS, FAULT_DIV_ZERO, FAULT_INDEX, Storage};
 use crate::loops::Loop;
 use crate::math;
 use crate::runtime::{self, Arg};
 use crate::schedule::{
-    Ix, Kernel, Place, Schedule, Stage, kernel_dims, kernel_slots, stage_nodes, walk_stage,
+    Class, Ix, Kernel, Place, Schedule, Stage, arg_index, class, kernel_dims, kernel_slots,
+    stage_nodes, walk_stage,
 };
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{
@@ -66,7 +72,8 @@ fn storage_type(s: Storage) -> Type {
     }
 }
 
-type Key = (Handle, Vec<Value>);
+/// A cached value: node, index, and whether it is the 4-lane vector at that index.
+type Key = (Handle, Vec<Value>, bool);
 
 struct Lower<'a, 'f> {
     g: &'a Graph,
@@ -83,6 +90,8 @@ struct Lower<'a, 'f> {
     faults: Value,
     scopes: Vec<HashMap<Key, Value>>,
     funcs: HashMap<&'static str, FuncRef>,
+    /// How many outer (row) loops the kernel being built has.
+    outer_len: usize,
 }
 
 /// Builds kernel `ki` of `s` into `func`.
@@ -126,6 +135,7 @@ pub fn lower_kernel(
         faults,
         scopes: vec![HashMap::new()],
         funcs: HashMap::new(),
+        outer_len: k.outer.len(),
     };
     if kdims.iter().any(|d| d.as_const().is_none()) {
         let dp = lw.b.ins().load(ptr, table, ctx, CTX_DIMS * word);
@@ -297,7 +307,7 @@ impl Lower<'_, '_> {
     // ---- the value cache
 
     fn lookup(&self, h: Handle, idx: &[Value]) -> Option<Value> {
-        let key = (h, idx.to_vec());
+        let key = (h, idx.to_vec(), false);
         self.scopes.iter().rev().find_map(|m| m.get(&key).copied())
     }
 
@@ -305,7 +315,7 @@ impl Lower<'_, '_> {
         self.scopes
             .last_mut()
             .expect("a scope is open")
-            .insert((h, idx.to_vec()), v);
+            .insert((h, idx.to_vec(), false), v);
     }
 
     fn open(&mut self, start: Value, end: Value) -> Loop {
@@ -475,7 +485,7 @@ impl Lower<'_, '_> {
         }
     }
 
-    fn to_f64(&mut self, v: Value) -> Value {
+    fn widen(&mut self, v: Value) -> Value {
         match self.b.func.dfg.value_type(v) {
             t if t == types::F32 => self.b.ins().fpromote(types::F64, v),
             t if t == types::I64 => self.b.ins().fcvt_from_sint(types::F64, v),
@@ -552,6 +562,10 @@ impl Lower<'_, '_> {
             Op::Unary(u) => {
                 let x = self.value(n.args[0], idx);
                 self.unary(*u, g.ty(n.args[0]).dtype, x)
+            }
+            Op::Binary(BinaryOp::Pow) if self.small_power(n.args[1]).is_some() => {
+                let a = self.bvalue(n.args[0], idx);
+                self.power(a, self.small_power(n.args[1]).expect("checked"), dt)
             }
             Op::Binary(op) => {
                 let a = self.bvalue(n.args[0], idx);
@@ -644,11 +658,10 @@ impl Lower<'_, '_> {
                 let ishape = g.ty(ix).shape.clone();
                 self.checked_gather(h, k, size, &j, &ishape, x, &aidx, dt)
             }
-            Op::OneHot(depth) => {
+            Op::OneHot(_) => {
                 let ix = n.args[0];
                 let r = idx.len();
                 // No memory is read at the index: its range check is a `Check` stage.
-                let _ = depth;
                 let v = self.value(ix, &idx[..r - 1]);
                 let hit = self.b.ins().icmp(IntCC::Equal, v, idx[r - 1]);
                 let one = self.fconst(types::F32, 1.0);
@@ -660,7 +673,7 @@ impl Lower<'_, '_> {
                 let ssl = self.node_slot(sorted);
                 let len = self.dim(&g.ty(sorted).shape[0]);
                 let v = self.value(n.args[1], idx);
-                let v = self.to_f64(v);
+                let v = self.widen(v);
                 let side = self.iconst(i64::from(*right));
                 let f = match g.ty(sorted).dtype {
                     DType::F32 => "rt_searchsorted_f32",
@@ -773,7 +786,7 @@ impl Lower<'_, '_> {
                 .iter()
                 .map(|i| match i {
                     Ix::Outer(j) => outer[*j],
-                    Ix::Zero | Ix::Other => self.zero,
+                    Ix::Zero | Ix::Other | Ix::Lane => self.zero,
                 })
                 .collect();
             self.value(h, &idx);
@@ -839,9 +852,9 @@ impl Lower<'_, '_> {
                     let inf = self.fconst(clif_type(d), f64::INFINITY);
                     return self.b.ins().fcmp(FloatCC::LessThan, a, inf);
                 }
-                // The one hook for inline (vectorisable) transcendentals; a
-                // runtime call below when `math` has no inline version.
-                if let Some(v) = math::emit_unary_with(&mut self.b, u, x, self.target.math) {
+                // Inline (vectorisable) math first; a runtime call below when
+                // `math` has no inline version.
+                if let Some(v) = self.math_inline(u, x) {
                     return v;
                 }
                 let ty = clif_type(d);
@@ -909,6 +922,51 @@ impl Lower<'_, '_> {
                 _ => panic!("internal: `{}` on bool", u.name()),
             },
         }
+    }
+
+    /// A constant exponent 0, 1 or 2 (through reshapes and broadcasts), for
+    /// which `pow` is exactly `1`, `x` or `x * x` (one rounding, as the
+    /// correctly rounded reference gives).
+    fn small_power(&self, e: Handle) -> Option<u8> {
+        let g = self.g;
+        let mut h = e;
+        loop {
+            let n = g.node(h);
+            match &n.op {
+                Op::Reshape(_) | Op::BroadcastTo(_) | Op::StopGrad => h = n.args[0],
+                Op::Const(v, _) | Op::Fill(v, _, _) => {
+                    let x = v.as_f64();
+                    return [0.0, 1.0, 2.0]
+                        .iter()
+                        .position(|&c| c == x)
+                        .map(|p| p as u8);
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    /// `x ** k` for `k` in 0, 1, 2 (scalar or 4 lanes).
+    fn power(&mut self, x: Value, k: u8, d: DType) -> Value {
+        let ty = self.b.func.dfg.value_type(x);
+        match k {
+            0 => {
+                let one = self.fconst(clif_type(d), 1.0);
+                if ty.is_vector() {
+                    self.b.ins().splat(ty, one)
+                } else {
+                    one
+                }
+            }
+            1 => x,
+            _ => self.b.ins().fmul(x, x),
+        }
+    }
+
+    /// The one hook into `math`: an inline expansion of `u` for a float
+    /// scalar or vector, or `None` where it has none.
+    fn math_inline(&mut self, u: UnaryOp, x: Value) -> Option<Value> {
+        math::emit_unary_with(&mut self.b, u, x, self.target.math)
     }
 
     fn binary(&mut self, op: BinaryOp, d: DType, a: Value, b: Value, h: Handle) -> Value {
@@ -1103,6 +1161,9 @@ impl Lower<'_, '_> {
     }
 
     fn emit_map(&mut self, nodes: &[Handle], outer: &[Value]) {
+        if self.emit_map_vector(nodes, outer) {
+            return;
+        }
         let shape = self.g.ty(nodes[0]).shape.clone();
         let mut idx = outer.to_vec();
         let loops = self.open_nest(&shape, outer.len(), &mut idx);
@@ -1150,23 +1211,12 @@ impl Lower<'_, '_> {
             Op::ArgMin(a) => return self.emit_arg(h, *a, false, outer),
             _ => unreachable!("a reduction"),
         };
-        let xd = g.ty(x).dtype;
-        let acc_ty = red.acc_type(xd);
+        let acc_ty = red.acc_type(g.ty(x).dtype);
         let k = outer.len();
         if let Some(r) = rows {
             // Every axis is reduced and the first is the row loop: this row's
             // partial, unfinished, for `Finish` to combine in row order.
-            let var = self.b.declare_var(acc_ty);
-            let init = self.red_init(red, acc_ty);
-            self.b.def_var(var, init);
-            let mut idx = outer.to_vec();
-            let inner = self.open_nest(&xs, k, &mut idx);
-            let v = self.value(x, &idx);
-            let cur = self.b.use_var(var);
-            let nv = self.red_combine(red, cur, v);
-            self.b.def_var(var, nv);
-            self.close_nest(inner);
-            let part = self.b.use_var(var);
+            let part = self.accumulate(red, x, outer.to_vec(), &axes);
             self.store(r, &outer[..1], part);
             return;
         }
@@ -1175,28 +1225,11 @@ impl Lower<'_, '_> {
                 let m = axes.first().copied().unwrap_or(xs.len());
                 let mut idx = outer.to_vec();
                 let head = self.open_nest(&xs[..m], k, &mut idx);
-                let var = self.b.declare_var(acc_ty);
-                let init = self.red_init(red, acc_ty);
-                self.b.def_var(var, init);
-                let mut inner = vec![];
-                for (a, d) in xs.iter().enumerate().skip(m) {
-                    if d.is_one() || !axes.contains(&a) {
-                        idx.push(self.zero);
-                    } else {
-                        let end = self.dim(d);
-                        let l = self.open(self.zero, end);
-                        idx.push(l.index);
-                        inner.push(l);
-                    }
-                }
-                let v = self.value(x, &idx);
-                let cur = self.b.use_var(var);
-                let nv = self.red_combine(red, cur, v);
-                self.b.def_var(var, nv);
-                self.close_nest(inner);
-                let total = self.b.use_var(var);
+                let total = self.accumulate(red, x, idx.clone(), &axes);
                 let res = self.red_finish(red, total, n.ty.dtype);
-                let oi = self.reduced_index(h, &idx);
+                let mut full = idx.clone();
+                full.resize(xs.len(), self.zero);
+                let oi = self.reduced_index(h, &full);
                 self.remember(h, &oi, res);
                 if let Place::Slot(sl) = self.s.place[h.index()] {
                     self.store(sl, &oi, res);
@@ -1276,11 +1309,11 @@ impl Lower<'_, '_> {
         match red {
             Red::Sum if at == types::I64 => self.b.ins().iadd(acc, v),
             Red::Sum => {
-                let w = if vt == at { v } else { self.to_f64(v) };
+                let w = if vt == at { v } else { self.widen(v) };
                 self.b.ins().fadd(acc, w)
             }
             Red::Norm => {
-                let w = self.to_f64(v);
+                let w = self.widen(v);
                 let sq = self.b.ins().fmul(w, w);
                 self.b.ins().fadd(acc, sq)
             }
@@ -1332,7 +1365,7 @@ impl Lower<'_, '_> {
         self.b.def_var(best, self.zero);
         let v0 = self.value(x, &idx);
         let v0 = if cmp_ty == types::F64 {
-            self.to_f64(v0)
+            self.widen(v0)
         } else {
             v0
         };
@@ -1344,7 +1377,7 @@ impl Lower<'_, '_> {
         xi[axis] = l.index;
         let v = self.value(x, &xi);
         let v = if cmp_ty == types::F64 {
-            self.to_f64(v)
+            self.widen(v)
         } else {
             v
         };
@@ -1404,7 +1437,7 @@ impl Lower<'_, '_> {
                 let mut idx = vec![];
                 let loops = self.open_nest(&bs, 0, &mut idx);
                 let v = self.value(base, &idx);
-                let v = if scratch.is_some() { self.to_f64(v) } else { v };
+                let v = if scratch.is_some() { self.widen(v) } else { v };
                 self.store(acc, &idx, v);
                 self.close_nest(loops);
                 let size = self.dim(&bs[*axis]);
@@ -1439,7 +1472,7 @@ impl Lower<'_, '_> {
                 self.scopes.push(HashMap::new());
                 let cur = self.load(acc, &target);
                 let v = self.value(vals, &vi);
-                let v = if scratch.is_some() { self.to_f64(v) } else { v };
+                let v = if scratch.is_some() { self.widen(v) } else { v };
                 let nv = self.b.ins().fadd(cur, v);
                 self.store(acc, &target, nv);
                 self.scopes.pop();
@@ -1589,7 +1622,7 @@ impl Lower<'_, '_> {
                 let mut xi = idx.clone();
                 xi[*axis] = p;
                 let v = self.value(x, &xi);
-                let v = self.to_f64(v);
+                let v = self.widen(v);
                 let cur = self.b.use_var(acc);
                 let s = if log {
                     self.call("rt_logaddexp", &[cur, v])
@@ -1637,6 +1670,619 @@ impl Lower<'_, '_> {
                 panic!("internal: {} {h} is not a special stage", n.op.name())
             }
         }
+    }
+}
+
+/// A value in a 4-lane loop body: the same for every lane (a scalar), or one
+/// per lane (`F32X4` for floats, an `I32X4` mask for bools).
+#[derive(Clone, Copy, Debug)]
+enum Vv {
+    S(Value),
+    V(Value),
+}
+
+const LANES: i64 = 4;
+
+impl Lower<'_, '_> {
+    /// Whether the values a loop body reads can be computed 4 lanes at a time
+    /// along the axes marked `Ix::Lane`: f32 element-wise arithmetic, contiguous
+    /// f32 loads, and anything that does not vary along the lanes.
+    fn vectorizable(&self, start: Vec<(Handle, Vec<Ix>, bool)>) -> bool {
+        let g = self.g;
+        let mut stack = start;
+        let mut seen: HashSet<(Handle, Vec<Ix>)> = HashSet::new();
+        while let Some((h, ix, computed)) = stack.pop() {
+            let d = self.s.deps[h.index()];
+            let ix: Vec<Ix> = if computed {
+                ix
+            } else {
+                ix.iter()
+                    .enumerate()
+                    .map(|(j, i)| {
+                        if j < 64 && d & (1 << j) == 0 {
+                            Ix::Zero
+                        } else {
+                            *i
+                        }
+                    })
+                    .collect()
+            };
+            let lanes: Vec<usize> = (0..ix.len()).filter(|&j| ix[j] == Ix::Lane).collect();
+            if lanes.is_empty() || !seen.insert((h, ix.clone())) {
+                continue;
+            }
+            let n = g.node(h);
+            let place = self.s.place[h.index()];
+            if !computed {
+                match place {
+                    Place::Slot(sl) => {
+                        // One contiguous run of 4 f32s.
+                        let shape = &self.s.slots[sl].shape;
+                        let p = lanes[0];
+                        if lanes.len() != 1
+                            || self.s.slots[sl].storage != Storage::F32
+                            || !shape[p + 1..].iter().all(Dim::is_one)
+                        {
+                            return false;
+                        }
+                        continue;
+                    }
+                    Place::Dead => return false,
+                    Place::Inline => {
+                        if !matches!(class(g, h), Class::Leaf | Class::Elementwise) {
+                            return false;
+                        }
+                    }
+                }
+            }
+            if !matches!(n.ty.dtype, DType::F32 | DType::Bool) {
+                return false;
+            }
+            let arg_dt = |k: usize| g.ty(n.args[k]).dtype;
+            let ok = match &n.op {
+                Op::Unary(u) => match u {
+                    UnaryOp::Not => true,
+                    UnaryOp::IsFinite => arg_dt(0) == DType::F32,
+                    u => arg_dt(0) == DType::F32 && math::is_inline(*u),
+                },
+                Op::Binary(b) => match arg_dt(0) {
+                    DType::F32 => *b != BinaryOp::Pow || self.small_power(n.args[1]).is_some(),
+                    DType::Bool => true,
+                    DType::F64 | DType::I64 => false,
+                },
+                Op::Where | Op::StopGrad | Op::BroadcastTo(_) | Op::Transpose(_) => true,
+                Op::Cast(_) => matches!(arg_dt(0), DType::F32 | DType::Bool),
+                Op::Reshape(shape) => {
+                    let nu = |s: &[Dim]| {
+                        s.iter()
+                            .filter(|d| !d.is_one())
+                            .cloned()
+                            .collect::<Vec<_>>()
+                    };
+                    nu(&g.ty(n.args[0]).shape) == nu(shape)
+                }
+                Op::OneHot(_) => ix.last() == Some(&Ix::Lane) && lanes.len() == 1,
+                Op::ScatterAddAlong(a) => {
+                    crate::schedule::unit_scatter(g, h, *a)
+                        && ix[*a] == Ix::Lane
+                        && lanes.len() == 1
+                }
+                _ => false,
+            };
+            if !ok {
+                return false;
+            }
+            if matches!(n.op, Op::OneHot(_)) {
+                // Its index does not vary along the lanes (checked above).
+                continue;
+            }
+            for k in 0..n.args.len() {
+                if matches!(n.op, Op::ScatterAddAlong(_)) && k > 0 {
+                    continue;
+                }
+                stack.push((n.args[k], arg_index(g, h, k, &ix), false));
+            }
+        }
+        true
+    }
+
+    fn vlookup(&self, h: Handle, idx: &[Value]) -> Option<Value> {
+        let key = (h, idx.to_vec(), true);
+        self.scopes.iter().rev().find_map(|m| m.get(&key).copied())
+    }
+
+    fn vremember(&mut self, h: Handle, idx: &[Value], v: Value) {
+        self.scopes
+            .last_mut()
+            .expect("a scope is open")
+            .insert((h, idx.to_vec(), true), v);
+    }
+
+    /// `h` at lanes `idx .. idx + 4` along the axis holding `lane`.
+    fn vvalue(&mut self, h: Handle, idx: &[Value], lane: Value) -> Vv {
+        let idx = self.canon(h, idx);
+        if !idx.contains(&lane) {
+            return Vv::S(self.value(h, &idx));
+        }
+        if let Some(v) = self.vlookup(h, &idx) {
+            return Vv::V(v);
+        }
+        let v = match self.s.place[h.index()] {
+            Place::Slot(sl) => {
+                let a = self.slot_addr(sl, &idx);
+                self.b
+                    .ins()
+                    .load(types::F32X4, MemFlagsData::new().with_notrap(), a, 0)
+            }
+            Place::Inline => self.vcompute(h, &idx, lane),
+            Place::Dead => panic!("internal: {h} is used but not scheduled"),
+        };
+        self.vremember(h, &idx, v);
+        Vv::V(v)
+    }
+
+    fn vbvalue(&mut self, a: Handle, idx: &[Value], lane: Value) -> Vv {
+        let shape = &self.g.ty(a).shape;
+        let lead = idx.len() - shape.len();
+        let aidx: Vec<Value> = shape
+            .iter()
+            .enumerate()
+            .map(|(j, d)| if d.is_one() { self.zero } else { idx[lead + j] })
+            .collect();
+        self.vvalue(a, &aidx, lane)
+    }
+
+    /// A float vector (a scalar is splat).
+    fn fv(&mut self, v: Vv) -> Value {
+        match v {
+            Vv::V(x) => x,
+            Vv::S(x) => self.b.ins().splat(types::F32X4, x),
+        }
+    }
+
+    /// A lane mask (a bool scalar becomes all-ones or all-zeros lanes).
+    fn mv(&mut self, v: Vv) -> Value {
+        match v {
+            Vv::V(x) => x,
+            Vv::S(c) => {
+                let w = self.b.ins().uextend(types::I32, c);
+                let m = self.b.ins().ineg(w);
+                self.b.ins().splat(types::I32X4, m)
+            }
+        }
+    }
+
+    fn fsel(&mut self, mask: Value, a: Value, b: Value) -> Value {
+        let m = self
+            .b
+            .ins()
+            .bitcast(types::F32X4, MemFlagsData::new(), mask);
+        self.b.ins().bitselect(m, a, b)
+    }
+
+    fn vsplat(&mut self, x: f64) -> Value {
+        let c = self.fconst(types::F32, x);
+        self.b.ins().splat(types::F32X4, c)
+    }
+
+    /// Lane `j` holds `lane + j` (as i32), for comparisons with an index.
+    fn lane_ids(&mut self, lane: Value) -> Value {
+        let l = self.b.ins().ireduce(types::I32, lane);
+        let mut v = self.b.ins().splat(types::I32X4, l);
+        for j in 1..LANES {
+            let e = self.b.ins().iadd_imm_s(l, j);
+            v = self.b.ins().insertlane(v, e, j as u8);
+        }
+        v
+    }
+
+    /// Computes `h` for 4 lanes: the vector arm of `compute`, for the ops that
+    /// `vectorizable` admits.
+    fn vcompute(&mut self, h: Handle, idx: &[Value], lane: Value) -> Value {
+        let g = self.g;
+        let n = g.node(h);
+        match &n.op {
+            Op::Unary(u) => {
+                let x = self.vvalue(n.args[0], idx, lane);
+                match u {
+                    UnaryOp::Not => {
+                        let m = self.mv(x);
+                        self.b.ins().bnot(m)
+                    }
+                    UnaryOp::IsFinite => {
+                        let x = self.fv(x);
+                        let a = self.b.ins().fabs(x);
+                        let inf = self.vsplat(f64::INFINITY);
+                        self.b.ins().fcmp(FloatCC::LessThan, a, inf)
+                    }
+                    u => {
+                        let x = self.fv(x);
+                        self.math_inline(*u, x)
+                            .expect("`vectorizable` admits only inline math")
+                    }
+                }
+            }
+            Op::Binary(BinaryOp::Pow) => {
+                let k = self.small_power(n.args[1]).expect("`vectorizable` checked");
+                let a = self.vbvalue(n.args[0], idx, lane);
+                let a = self.fv(a);
+                self.power(a, k, DType::F32)
+            }
+            Op::Binary(op) => {
+                let a = self.vbvalue(n.args[0], idx, lane);
+                let b = self.vbvalue(n.args[1], idx, lane);
+                if g.ty(n.args[0]).dtype == DType::Bool {
+                    let (a, b) = (self.mv(a), self.mv(b));
+                    return match op {
+                        BinaryOp::And => self.b.ins().band(a, b),
+                        BinaryOp::Or => self.b.ins().bor(a, b),
+                        BinaryOp::Ne => self.b.ins().bxor(a, b),
+                        BinaryOp::Eq => {
+                            let x = self.b.ins().bxor(a, b);
+                            self.b.ins().bnot(x)
+                        }
+                        _ => panic!("internal: `{}` on bool lanes", op.name()),
+                    };
+                }
+                let (a, b) = (self.fv(a), self.fv(b));
+                let cc = match op {
+                    BinaryOp::Lt => Some(FloatCC::LessThan),
+                    BinaryOp::Le => Some(FloatCC::LessThanOrEqual),
+                    BinaryOp::Gt => Some(FloatCC::GreaterThan),
+                    BinaryOp::Ge => Some(FloatCC::GreaterThanOrEqual),
+                    BinaryOp::Eq => Some(FloatCC::Equal),
+                    BinaryOp::Ne => Some(FloatCC::NotEqual),
+                    _ => None,
+                };
+                if let Some(cc) = cc {
+                    return self.b.ins().fcmp(cc, a, b);
+                }
+                match op {
+                    BinaryOp::Add => self.b.ins().fadd(a, b),
+                    BinaryOp::Sub => self.b.ins().fsub(a, b),
+                    BinaryOp::Mul => self.b.ins().fmul(a, b),
+                    BinaryOp::Div => self.b.ins().fdiv(a, b),
+                    BinaryOp::FloorDiv => {
+                        let q = self.b.ins().fdiv(a, b);
+                        self.b.ins().floor(q)
+                    }
+                    BinaryOp::Maximum | BinaryOp::Minimum => {
+                        let cc = if *op == BinaryOp::Maximum {
+                            FloatCC::GreaterThanOrEqual
+                        } else {
+                            FloatCC::LessThanOrEqual
+                        };
+                        let first = self.b.ins().fcmp(cc, a, b);
+                        let r = self.fsel(first, a, b);
+                        let nan = self.b.ins().fcmp(FloatCC::Unordered, a, b);
+                        let s = self.b.ins().fadd(a, b);
+                        self.fsel(nan, s, r)
+                    }
+                    _ => panic!("internal: `{}` on f32 lanes", op.name()),
+                }
+            }
+            Op::Where => {
+                let c = self.vbvalue(n.args[0], idx, lane);
+                let a = self.vbvalue(n.args[1], idx, lane);
+                let b = self.vbvalue(n.args[2], idx, lane);
+                let c = self.mv(c);
+                if n.ty.dtype == DType::Bool {
+                    let (a, b) = (self.mv(a), self.mv(b));
+                    self.b.ins().bitselect(c, a, b)
+                } else {
+                    let (a, b) = (self.fv(a), self.fv(b));
+                    self.fsel(c, a, b)
+                }
+            }
+            Op::Cast(to) => {
+                let x = self.vvalue(n.args[0], idx, lane);
+                match (g.ty(n.args[0]).dtype, to) {
+                    (DType::F32, DType::F32) => self.fv(x),
+                    (DType::Bool, DType::Bool) => self.mv(x),
+                    (DType::Bool, DType::F32) => {
+                        let m = self.mv(x);
+                        let one = self.vsplat(1.0);
+                        let zero = self.vsplat(0.0);
+                        self.fsel(m, one, zero)
+                    }
+                    (DType::F32, DType::Bool) => {
+                        let x = self.fv(x);
+                        let zero = self.vsplat(0.0);
+                        self.b.ins().fcmp(FloatCC::NotEqual, x, zero)
+                    }
+                    (a, b) => panic!("internal: cast {a} -> {b} on lanes"),
+                }
+            }
+            Op::StopGrad => {
+                let x = self.vvalue(n.args[0], idx, lane);
+                self.vec_of(x, n.ty.dtype)
+            }
+            Op::BroadcastTo(_) => {
+                let x = self.vbvalue(n.args[0], idx, lane);
+                self.vec_of(x, n.ty.dtype)
+            }
+            Op::Transpose(perm) => {
+                let mut aidx = vec![self.zero; idx.len()];
+                for (i, &p) in perm.iter().enumerate() {
+                    aidx[p] = idx[i];
+                }
+                let x = self.vvalue(n.args[0], &aidx, lane);
+                self.vec_of(x, n.ty.dtype)
+            }
+            Op::Reshape(shape) => {
+                let a = n.args[0];
+                let ash = g.ty(a).shape.clone();
+                let mut it = shape
+                    .iter()
+                    .zip(idx)
+                    .filter(|(d, _)| !d.is_one())
+                    .map(|(_, i)| *i);
+                let aidx: Vec<Value> = ash
+                    .iter()
+                    .map(|d| {
+                        if d.is_one() {
+                            self.zero
+                        } else {
+                            it.next().expect("as many non-unit axes")
+                        }
+                    })
+                    .collect();
+                let x = self.vvalue(a, &aidx, lane);
+                self.vec_of(x, n.ty.dtype)
+            }
+            Op::OneHot(_) => {
+                let r = idx.len();
+                let v = self.value(n.args[0], &idx[..r - 1]);
+                let v32 = self.b.ins().ireduce(types::I32, v);
+                let vs = self.b.ins().splat(types::I32X4, v32);
+                let ids = self.lane_ids(lane);
+                let hit = self.b.ins().icmp(IntCC::Equal, vs, ids);
+                let one = self.vsplat(1.0);
+                let zero = self.vsplat(0.0);
+                self.fsel(hit, one, zero)
+            }
+            Op::ScatterAddAlong(axis) => {
+                let (base, ix, vals) = (n.args[0], n.args[1], n.args[2]);
+                let b0 = self.vvalue(base, idx, lane);
+                let b0 = self.fv(b0);
+                let mut line = idx.to_vec();
+                line[*axis] = self.zero;
+                let k = self.value(ix, &line);
+                let v = self.value(vals, &line);
+                let k32 = self.b.ins().ireduce(types::I32, k);
+                let ks = self.b.ins().splat(types::I32X4, k32);
+                let ids = self.lane_ids(lane);
+                let hit = self.b.ins().icmp(IntCC::Equal, ks, ids);
+                let vs = self.b.ins().splat(types::F32X4, v);
+                let sum = self.b.ins().fadd(b0, vs);
+                self.fsel(hit, sum, b0)
+            }
+            _ => panic!("internal: {} {h} has no 4-lane form", n.op.name()),
+        }
+    }
+
+    fn vec_of(&mut self, v: Vv, d: DType) -> Value {
+        if d == DType::Bool {
+            self.mv(v)
+        } else {
+            self.fv(v)
+        }
+    }
+
+    /// Accumulates `x` over `axes` (every axis from `idx.len()` on is reduced
+    /// or has size 1), from the index prefix `idx`; returns the unfinished
+    /// accumulator. The innermost loop runs 4 lanes at a time when it can;
+    /// each lane keeps its own accumulator and they combine in a fixed order.
+    fn accumulate(&mut self, red: Red, x: Handle, mut idx: Vec<Value>, axes: &[usize]) -> Value {
+        let g = self.g;
+        let xs = g.ty(x).shape.clone();
+        let from = idx.len();
+        let acc_ty = red.acc_type(g.ty(x).dtype);
+        let var = self.b.declare_var(acc_ty);
+        let init = self.red_init(red, acc_ty);
+        self.b.def_var(var, init);
+        let loop_axes: Vec<usize> = (from..xs.len())
+            .filter(|&a| axes.contains(&a) && !xs[a].is_one())
+            .collect();
+        let lane_axis = loop_axes.last().copied();
+        let vector = lane_axis.is_some_and(|p| {
+            let pat: Vec<Ix> = (0..xs.len())
+                .map(|a| {
+                    if a < from {
+                        if a < idx.len() && self.outer_ix(a) {
+                            Ix::Outer(a)
+                        } else {
+                            Ix::Other
+                        }
+                    } else if a == p {
+                        Ix::Lane
+                    } else if loop_axes.contains(&a) {
+                        Ix::Other
+                    } else {
+                        Ix::Zero
+                    }
+                })
+                .collect();
+            g.ty(x).dtype == DType::F32 && self.vectorizable(vec![(x, pat, false)])
+        });
+        idx.resize(xs.len(), self.zero);
+        // Lane accumulators start before every loop of the nest: they
+        // accumulate across the enclosing loops too.
+        let mut lane_vars = vec![];
+        if vector {
+            let (lv_ty, count) = if matches!(red, Red::Max | Red::Min) {
+                (types::F32X4, 1)
+            } else {
+                (types::F64, LANES as usize)
+            };
+            for _ in 0..count {
+                let lv = self.b.declare_var(lv_ty);
+                let z = if lv_ty == types::F32X4 {
+                    let s0 = self.red_init(red, types::F32);
+                    self.b.ins().splat(types::F32X4, s0)
+                } else {
+                    self.fconst(types::F64, 0.0)
+                };
+                self.b.def_var(lv, z);
+                lane_vars.push(lv);
+            }
+        }
+        let mut loops = vec![];
+        // Every loop but the innermost (opened below, 4 lanes wide or not).
+        for &a in &loop_axes[..loop_axes.len().saturating_sub(1)] {
+            let end = self.dim(&xs[a]);
+            let l = self.open(self.zero, end);
+            idx[a] = l.index;
+            loops.push(l);
+        }
+        if vector {
+            let p = lane_axis.expect("vector");
+            let len = self.dim(&xs[p]);
+            let vend = self.b.ins().band_imm_s(len, -LANES);
+            self.scopes.push(HashMap::new());
+            let l = Loop::open_step(&mut self.b, self.zero, vend, LANES);
+            idx[p] = l.index;
+            let v = self.vvalue(x, &idx, l.index);
+            let v = self.fv(v);
+            match red {
+                Red::Max | Red::Min => {
+                    let cur = self.b.use_var(lane_vars[0]);
+                    let nv = if red == Red::Max {
+                        self.b.ins().fmax(cur, v)
+                    } else {
+                        self.b.ins().fmin(cur, v)
+                    };
+                    self.b.def_var(lane_vars[0], nv);
+                }
+                Red::Sum | Red::Norm => {
+                    for (j, &lv) in lane_vars.iter().enumerate() {
+                        let e = self.b.ins().extractlane(v, j as u8);
+                        let w = self.b.ins().fpromote(types::F64, e);
+                        let w = if red == Red::Norm {
+                            self.b.ins().fmul(w, w)
+                        } else {
+                            w
+                        };
+                        let cur = self.b.use_var(lv);
+                        let nv = self.b.ins().fadd(cur, w);
+                        self.b.def_var(lv, nv);
+                    }
+                }
+            }
+            l.close(&mut self.b);
+            self.scopes.pop();
+            // The last `len % 4` elements, one at a time.
+            let t = self.open(vend, len);
+            idx[p] = t.index;
+            let v = self.value(x, &idx);
+            let cur = self.b.use_var(var);
+            let nv = self.red_combine(red, cur, v);
+            self.b.def_var(var, nv);
+            self.close(t);
+        } else {
+            if let Some(p) = lane_axis {
+                let end = self.dim(&xs[p]);
+                let l = self.open(self.zero, end);
+                idx[p] = l.index;
+                loops.push(l);
+            }
+            let v = self.value(x, &idx);
+            let cur = self.b.use_var(var);
+            let nv = self.red_combine(red, cur, v);
+            self.b.def_var(var, nv);
+        }
+        self.close_nest(loops);
+        let tail = self.b.use_var(var);
+        if !vector {
+            return tail;
+        }
+        match red {
+            Red::Max | Red::Min => {
+                let v = self.b.use_var(lane_vars[0]);
+                let mut acc = tail;
+                for j in 0..LANES {
+                    let e = self.b.ins().extractlane(v, j as u8);
+                    acc = self.red_combine(red, acc, e);
+                }
+                acc
+            }
+            Red::Sum | Red::Norm => {
+                let l: Vec<Value> = lane_vars.iter().map(|&v| self.b.use_var(v)).collect();
+                let a = self.b.ins().fadd(l[0], l[1]);
+                let b = self.b.ins().fadd(l[2], l[3]);
+                let ab = self.b.ins().fadd(a, b);
+                self.b.ins().fadd(ab, tail)
+            }
+        }
+    }
+
+    /// Whether axis `a` of a stage's index is an outer (row) loop index.
+    fn outer_ix(&self, a: usize) -> bool {
+        a < self.outer_len
+    }
+
+    /// A map stage over `shape` with its innermost loop 4 lanes wide, when
+    /// every node is f32 and everything it reads vectorises.
+    fn emit_map_vector(&mut self, nodes: &[Handle], outer: &[Value]) -> bool {
+        let g = self.g;
+        let shape = g.ty(nodes[0]).shape.clone();
+        let k = outer.len();
+        let Some(p) = (k..shape.len()).rev().find(|&a| !shape[a].is_one()) else {
+            return false;
+        };
+        if nodes.iter().any(|h| {
+            self.s
+                .slot_of(*h)
+                .is_none_or(|sl| self.s.slots[sl].storage != Storage::F32)
+        }) {
+            return false;
+        }
+        let pat: Vec<Ix> = (0..shape.len())
+            .map(|a| {
+                if a < k {
+                    Ix::Outer(a)
+                } else if a == p {
+                    Ix::Lane
+                } else if shape[a].is_one() {
+                    Ix::Zero
+                } else {
+                    Ix::Other
+                }
+            })
+            .collect();
+        if !self.vectorizable(nodes.iter().map(|&h| (h, pat.clone(), true)).collect()) {
+            return false;
+        }
+        let mut idx = outer.to_vec();
+        let loops = self.open_nest(&shape[..p], k, &mut idx);
+        idx.resize(shape.len(), self.zero);
+        let len = self.dim(&shape[p]);
+        let vend = self.b.ins().band_imm_s(len, -LANES);
+        self.scopes.push(HashMap::new());
+        let l = Loop::open_step(&mut self.b, self.zero, vend, LANES);
+        idx[p] = l.index;
+        for &h in nodes {
+            let v = self.vcompute(h, &idx, l.index);
+            self.vremember(h, &idx, v);
+            let sl = self.node_slot(h);
+            let a = self.slot_addr(sl, &idx);
+            self.b
+                .ins()
+                .store(MemFlagsData::new().with_notrap(), v, a, 0);
+        }
+        l.close(&mut self.b);
+        self.scopes.pop();
+        let t = self.open(vend, len);
+        idx[p] = t.index;
+        for &h in nodes {
+            let v = self.compute(h, &idx);
+            self.remember(h, &idx, v);
+            let sl = self.node_slot(h);
+            self.store(sl, &idx, v);
+        }
+        self.close(t);
+        self.close_nest(loops);
+        true
     }
 }
 

@@ -14,7 +14,13 @@
 //! row (combined in row order afterwards, so the bits do not depend on the
 //! thread count), and rows can be split across threads. A stage joins the
 //! open row kernel when everything it reads from that kernel is in its own
-//! row; otherwise the kernel is closed and the stage starts the next one.
+//! row. A stage that cannot join goes to a kernel before it (when it needs
+//! nothing the row kernel computes) or after it (when it does, e.g. a
+//! gradient that needs a sum over all rows); the row kernel stays open for
+//! the stages after that can still join it. Inside a kernel, values read at
+//! fixed indices (outer-loop indices and zeros, after `index_deps`) are
+//! computed once per row or once per call (`walk_stage`), and the
+//! innermost loop runs 4 f32 lanes at a time when its body allows.
 
 use crate::abi::Storage;
 use losslang_compiler::dim::{Dim, shape_str};
@@ -105,6 +111,10 @@ pub struct Schedule {
     pub kernels: Vec<Kernel>,
     /// `index_deps` of every node.
     pub deps: Vec<u64>,
+    /// For each slot, the first and last kernel that touch it (inclusive):
+    /// slots whose spans do not meet may share memory. Caller-bound slots
+    /// start at 0, results end after the last kernel.
+    pub live: Vec<(usize, usize)>,
 }
 
 pub fn storage(d: DType) -> Storage {
@@ -250,6 +260,9 @@ pub enum Ix {
     Outer(usize),
     /// Anything else (an inner loop index, a shifted or data-dependent index).
     Other,
+    /// The index of the innermost loop when it runs several lanes at once
+    /// (only in the vectoriser's analysis).
+    Lane,
 }
 
 /// The index at which an inline node reads argument `k`, given the index at
@@ -406,7 +419,7 @@ pub fn index_deps(g: &Graph, place: &[Place]) -> Vec<u64> {
                     Ix::Outer(j) => d |= 1 << j,
                     Ix::Zero => {}
                     // A computed or data-dependent position: assume anything.
-                    Ix::Other => d |= nonunit,
+                    Ix::Other | Ix::Lane => d |= nonunit,
                 }
             }
         }
@@ -516,7 +529,7 @@ pub fn walk_stage(
         let fixed = ix.iter().all(|i| match i {
             Ix::Zero => true,
             Ix::Outer(_) => kernel.is_none(),
-            Ix::Other => false,
+            Ix::Other | Ix::Lane => false,
         });
         if fixed
             && (inline_elem || matches!(place, Place::Slot(_)))
@@ -633,7 +646,8 @@ struct Plan<'g> {
     scratch: Vec<Slot>,
 }
 
-/// A scratch id before numbering: `usize::MAX - k` marks scratch `k`.
+/// A scratch id before numbering: `SCRATCH_TAG + k` marks scratch `k`; the
+/// scratch slots are numbered after the node slots once those are known.
 const SCRATCH_TAG: usize = usize::MAX / 2;
 
 impl Plan<'_> {
@@ -875,6 +889,15 @@ fn plan(g: &Graph, roots: &[Handle], fusion: bool) -> Schedule {
         for &a in needs_slot_args(&n.op) {
             p.stored[n.args[a].index()] = true;
         }
+        if let Op::Transpose(perm) = &n.op
+            && fusion
+            && perm.last().is_some_and(|&p| p + 1 != perm.len())
+            && class(g, n.args[0]) != Class::Leaf
+        {
+            // Read in place, a transpose strides across rows in every inner
+            // loop that uses it; stored once, it is read contiguously.
+            p.stored[i] = true;
+        }
         if let Op::Reshape(shape) = &n.op {
             let nu = |s: &[Dim]| {
                 s.iter()
@@ -956,17 +979,26 @@ fn plan(g: &Graph, roots: &[Handle], fusion: bool) -> Schedule {
             });
         }
     } else {
+        // The open kernel (a row kernel, or stand-alone stages), and the
+        // kernels that run before it (independent of it) and after it
+        // (reading what it computes at other rows, or its finished sums).
         let mut open: Option<Building> = None;
         let mut before: Vec<Building> = vec![];
-        let close =
-            |open: &mut Option<Building>, before: &mut Vec<Building>, kernels: &mut Vec<Kernel>| {
-                for b in before.drain(..) {
-                    b.finish(kernels);
-                }
-                if let Some(k) = open.take() {
-                    k.finish(kernels);
-                }
-            };
+        let mut after: Vec<Building> = vec![];
+        let flush = |open: &mut Option<Building>,
+                     before: &mut Vec<Building>,
+                     after: &mut Vec<Building>,
+                     kernels: &mut Vec<Kernel>| {
+            for b in before.drain(..) {
+                b.finish(kernels);
+            }
+            if let Some(k) = open.take() {
+                k.finish(kernels);
+            }
+            for b in after.drain(..) {
+                b.finish(kernels);
+            }
+        };
         for st in stage_list {
             let proto = match &st {
                 Stage::Map { nodes } => {
@@ -1004,30 +1036,38 @@ fn plan(g: &Graph, roots: &[Handle], fusion: bool) -> Schedule {
                 (None, None) => true,
                 _ => false,
             };
-            // Joins the open kernel?
+            let needs_after = after.iter().any(|b| b.depends_on(&reads));
             if let Some(k) = open.as_mut()
+                && !needs_after
                 && joinable(k)
             {
                 let s = make(&mut p, split);
                 k.push(g, s, &reads);
                 continue;
             }
-            // Independent of the open kernel: runs before it.
             if let Some(k) = open.as_ref()
-                && !k.depends_on(&reads)
+                && k.outer.is_some()
             {
+                // Not part of the open row kernel: independent of it, it runs
+                // before; otherwise after, and the row kernel stays open for
+                // the stages that can still join it.
+                let list = if !needs_after && !k.depends_on(&reads) {
+                    &mut before
+                } else {
+                    &mut after
+                };
                 let s = make(&mut p, split);
-                match before.last_mut() {
+                match list.last_mut() {
                     Some(b) if joinable(b) => b.push(g, s, &reads),
                     _ => {
                         let mut b = Building::new(fit.as_ref().map(|(d, _)| d.clone()));
                         b.push(g, s, &reads);
-                        before.push(b);
+                        list.push(b);
                     }
                 }
                 continue;
             }
-            close(&mut open, &mut before, &mut kernels);
+            flush(&mut open, &mut before, &mut after, &mut kernels);
             let s = make(&mut p, split);
             match fit {
                 Some((d, _)) => {
@@ -1049,7 +1089,18 @@ fn plan(g: &Graph, roots: &[Handle], fusion: bool) -> Schedule {
                 }
             }
         }
-        close(&mut open, &mut before, &mut kernels);
+        flush(&mut open, &mut before, &mut after, &mut kernels);
+        // Adjacent stand-alone kernels run their stages in sequence anyway.
+        let mut merged: Vec<Kernel> = vec![];
+        for k in kernels {
+            match merged.last_mut() {
+                Some(last) if last.outer.is_empty() && k.outer.is_empty() => {
+                    last.stages.extend(k.stages);
+                }
+                _ => merged.push(k),
+            }
+        }
+        kernels = merged;
     }
     // Row statistics used only inside their own row kernel stay in registers.
     let mut place = vec![Place::Dead; g.len()];
@@ -1278,7 +1329,29 @@ fn finish(
         dims: vec![],
         kernels,
         deps,
+        live: vec![],
     };
+    let end = s.kernels.len();
+    let mut live: Vec<Option<(usize, usize)>> = vec![None; s.slots.len()];
+    for (ki, k) in s.kernels.iter().enumerate() {
+        for sl in kernel_slots(g, &s, k) {
+            let e = live[sl].get_or_insert((ki, ki));
+            e.0 = e.0.min(ki);
+            e.1 = e.1.max(ki);
+        }
+    }
+    let mut live: Vec<(usize, usize)> = live.into_iter().map(|l| l.unwrap_or((0, end))).collect();
+    for (i, sl) in s.slots.iter().enumerate() {
+        if !matches!(sl.kind, SlotKind::Node(_) | SlotKind::Scratch) {
+            live[i].0 = 0;
+        }
+    }
+    for r in &s.roots {
+        if let Some(sl) = s.slot_of(*r) {
+            live[sl].1 = end;
+        }
+    }
+    s.live = live;
     let mut all = BTreeSet::new();
     for k in &s.kernels {
         all.extend(kernel_dims(g, &s, k));
@@ -1438,7 +1511,7 @@ fn print_stage(
             body(i, o);
             let _ = writeln!(o, "{}reduce {} ({how})", pad(i), describe(g, s, *node));
             // A row statistic is a register for the stages after it.
-            if *acc == None && rows.is_none() {
+            if acc.is_none() && rows.is_none() {
                 shown.insert(*node);
             }
         }

@@ -13,6 +13,8 @@ use losslang_grammar::ast::{BinOp, Expr, ExprKind, IndexItem, UnOp};
 
 /// Most helper bodies inlined while checking one loss (each call inlines its body anew).
 const MAX_INLINED_CALLS: usize = 100_000;
+/// Helper bodies inlined before the checker stops inlining in a program with errors.
+const MAX_INLINED_AFTER_ERROR: usize = 1_000;
 
 /// How strongly a value insists on its dtype when it meets another.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -775,6 +777,11 @@ impl Checker<'_> {
             return Val::Poison;
         }
         self.inlined += 1;
+        // Once the program has an error it will not compile: inlining more helper bodies
+        // only repeats their diagnostics (and their cost, which can double per level).
+        if self.inlined > MAX_INLINED_AFTER_ERROR && self.diags.iter().any(|d| d.is_error()) {
+            return Val::Poison;
+        }
         if self.inlined > MAX_INLINED_CALLS {
             // Reported once: every later call fails the same way.
             if self.inlined == MAX_INLINED_CALLS + 1 {

@@ -325,6 +325,12 @@ fn collect_items(
 
 impl Checker<'_> {
     pub fn err(&mut self, d: Diagnostic) {
+        // A helper inlined at many calls would report the same mistake at each one.
+        if self.diags.iter().rev().take(16).any(|p| {
+            p.code == d.code && p.file == d.file && p.span == d.span && p.message == d.message
+        }) {
+            return;
+        }
         let d = self.with_call_notes(d);
         self.diags.push(d);
     }
