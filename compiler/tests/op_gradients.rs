@@ -8,61 +8,16 @@ use losslang_compiler::ir::eval::Env;
 use losslang_compiler::ir::verify::verify;
 use losslang_compiler::ir::{Graph, InputDecl, Ty};
 use losslang_compiler::ops::catalog::{Domain, kind_index, samples};
+use losslang_compiler::ops::catalog::{SampleRng, sample_data};
 use losslang_compiler::ops::{BinaryOp, Op};
 use losslang_compiler::program::Program;
 use losslang_compiler::value::{DType, Tensor};
 use losslang_grammar::Span;
 use std::collections::BTreeSet;
 
-struct Lcg(u64);
-impl Lcg {
-    fn next(&mut self) -> f64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (self.0 >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
-fn concrete(t: &Ty) -> Vec<usize> {
-    t.shape
-        .iter()
-        .map(|d| d.as_const().expect("samples use fixed sizes") as usize)
-        .collect()
-}
-
-fn data(arg: &losslang_compiler::ops::catalog::Arg, rng: &mut Lcg) -> Tensor {
-    let shape = concrete(&arg.ty);
-    let n: usize = shape.iter().product();
-    match &arg.domain {
-        Domain::Float(lo, hi) => Tensor::from_f64(
-            arg.ty.dtype,
-            shape,
-            (0..n).map(|_| lo + (hi - lo) * rng.next()).collect(),
-        ),
-        Domain::Index(lo, hi) => Tensor::from_i64(
-            shape,
-            (0..n)
-                .map(|_| lo + ((hi - lo) as f64 * rng.next()) as i64)
-                .collect(),
-        ),
-        Domain::Unique(hi) => {
-            let mut pool: Vec<i64> = (0..*hi).collect();
-            for i in 0..n {
-                let j = i + ((pool.len() - i) as f64 * rng.next()) as usize;
-                pool.swap(i, j);
-            }
-            Tensor::from_i64(shape, pool[..n].to_vec())
-        }
-        Domain::Bool => Tensor::from_bool(shape, (0..n).map(|_| rng.next() < 0.5).collect()),
-        Domain::Int(k) => Tensor::from_i64(shape, vec![*k; n.max(1)]),
-    }
-}
-
 #[test]
 fn every_op_vjp_matches_finite_differences() {
-    let mut rng = Lcg(42);
+    let mut rng = SampleRng(42);
     let mut kinds = BTreeSet::new();
     let mut checked = 0;
     for (si, smp) in samples().into_iter().enumerate() {
@@ -85,7 +40,7 @@ fn every_op_vjp_matches_finite_differences() {
                 doc: None,
             });
             args.push(g.push_typed(Op::Input(k), vec![], a.ty.clone(), sp));
-            env.inputs.push(data(a, &mut rng));
+            env.inputs.push(sample_data(&a.ty, &a.domain, &mut rng));
         }
         let out = g
             .push(smp.op.clone(), args, sp)
@@ -111,7 +66,7 @@ fn every_op_vjp_matches_finite_differences() {
             ty: wty,
             domain: Domain::Float(-1.0, 1.0),
         };
-        env.inputs.push(data(&wa, &mut rng));
+        env.inputs.push(sample_data(&wa.ty, &wa.domain, &mut rng));
         let prod = g.binary(BinaryOp::Mul, outf, w, sp);
         let all: Vec<usize> = (0..oty.rank()).collect();
         let loss = g.sum(prod, all, false, sp);

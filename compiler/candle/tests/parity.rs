@@ -13,64 +13,14 @@ use losslang_compiler::dim::Dim;
 use losslang_compiler::ir::eval::{Env, eval};
 use losslang_compiler::ir::{Graph, Handle, InputDecl, ParamDecl, StateDecl, Ty};
 use losslang_compiler::kernels::EvalError;
-use losslang_compiler::ops::catalog::{Arg, Domain, kind_index, samples};
+use losslang_compiler::ops::catalog::{Domain, kind_index, samples};
+use losslang_compiler::ops::catalog::{SampleRng, sample_data};
 use losslang_compiler::ops::{BinaryOp, Op, ReduceKind, Scalar, UnaryOp};
 use losslang_compiler::program::Program;
 use losslang_compiler::sema::Source;
 use losslang_compiler::value::{DType, Data, Tensor};
 use losslang_grammar::Span;
 use std::collections::BTreeSet;
-
-struct Lcg(u64);
-impl Lcg {
-    fn next(&mut self) -> f64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (self.0 >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
-fn concrete(t: &Ty) -> Vec<usize> {
-    t.shape
-        .iter()
-        .map(|d| d.as_const().expect("samples use fixed sizes") as usize)
-        .collect()
-}
-
-fn data(arg: &Arg, rng: &mut Lcg) -> Tensor {
-    let shape = concrete(&arg.ty);
-    let n: usize = shape.iter().product();
-    match &arg.domain {
-        Domain::Float(lo, hi) => {
-            let v: Vec<f64> = (0..n).map(|_| lo + (hi - lo) * rng.next()).collect();
-            // Values of an f32 argument are f32 numbers.
-            let v = if arg.ty.dtype == DType::F32 {
-                v.into_iter().map(|x| f64::from(x as f32)).collect()
-            } else {
-                v
-            };
-            Tensor::from_f64(arg.ty.dtype, shape, v)
-        }
-        Domain::Index(lo, hi) => Tensor::from_i64(
-            shape,
-            (0..n)
-                .map(|_| lo + ((hi - lo) as f64 * rng.next()) as i64)
-                .collect(),
-        ),
-        Domain::Unique(hi) => {
-            let mut pool: Vec<i64> = (0..*hi).collect();
-            for i in 0..n {
-                let j = i + ((pool.len() - i) as f64 * rng.next()) as usize;
-                pool.swap(i, j);
-            }
-            Tensor::from_i64(shape, pool[..n].to_vec())
-        }
-        Domain::Bool => Tensor::from_bool(shape, (0..n).map(|_| rng.next() < 0.5).collect()),
-        Domain::Int(k) => Tensor::from_i64(shape, vec![*k; n.max(1)]),
-    }
-}
 
 fn program(g: Graph) -> Program {
     Program {
@@ -118,7 +68,7 @@ fn runs() -> Vec<(Device, Target)> {
 
 #[test]
 fn every_op_matches_the_interpreter() {
-    let mut rng = Lcg(7);
+    let mut rng = SampleRng(7);
     let mut kinds = BTreeSet::new();
     let mut checked = 0;
     let mut tracked = 0;
@@ -178,7 +128,7 @@ fn every_op_matches_the_interpreter() {
                         doc: None,
                     });
                     args.push(g.push_typed(Op::Input(k), vec![], a.ty.clone(), sp));
-                    let mut t = data(a, &mut rng);
+                    let mut t = sample_data(&a.ty, &a.domain, &mut rng);
                     // `searchsorted` searches an ascending sequence.
                     if matches!(op, Op::SearchSorted { .. })
                         && k == 0
@@ -229,13 +179,8 @@ fn every_op_matches_the_interpreter() {
             doc: None,
         });
         let w = g.push_typed(Op::Input(k), vec![], wty.clone(), sp);
-        env.inputs.push(data(
-            &Arg {
-                ty: wty,
-                domain: Domain::Float(-1.0, 1.0),
-            },
-            &mut rng,
-        ));
+        env.inputs
+            .push(sample_data(&wty, &Domain::Float(-1.0, 1.0), &mut rng));
         let prod = g.binary(BinaryOp::Mul, outf, w, sp);
         let all: Vec<usize> = (0..oty.rank()).collect();
         let loss = g.sum(prod, all, false, sp);

@@ -12,65 +12,11 @@ use losslang_compiler::ir::eval::Env;
 use losslang_compiler::ir::verify::verify;
 use losslang_compiler::ir::{Graph, Handle, InputDecl, ParamDecl, StateDecl, StateUpdate, Ty};
 use losslang_compiler::ops::catalog::{Arg, Domain, kind_index, samples};
+use losslang_compiler::ops::catalog::{SampleRng, sample_data};
 use losslang_compiler::ops::{BinaryOp, Op, Scalar};
 use losslang_compiler::value::{DType, Data, Tensor};
 use losslang_grammar::Span;
 use std::collections::BTreeSet;
-
-struct Lcg(u64);
-impl Lcg {
-    fn next(&mut self) -> f64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (self.0 >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
-fn concrete(t: &Ty) -> Vec<usize> {
-    t.shape
-        .iter()
-        .map(|d| d.as_const().expect("samples use fixed sizes") as usize)
-        .collect()
-}
-
-fn data(ty: &Ty, domain: &Domain, rng: &mut Lcg) -> Tensor {
-    let shape = concrete(ty);
-    let n: usize = shape.iter().product();
-    match domain {
-        Domain::Float(lo, hi) => {
-            let round = |x: f64| {
-                if ty.dtype == DType::F32 {
-                    f64::from(x as f32)
-                } else {
-                    x
-                }
-            };
-            Tensor::from_f64(
-                ty.dtype,
-                shape,
-                (0..n).map(|_| round(lo + (hi - lo) * rng.next())).collect(),
-            )
-        }
-        Domain::Index(lo, hi) => Tensor::from_i64(
-            shape,
-            (0..n)
-                .map(|_| lo + ((hi - lo) as f64 * rng.next()) as i64)
-                .collect(),
-        ),
-        Domain::Unique(hi) => {
-            let mut pool: Vec<i64> = (0..*hi).collect();
-            for i in 0..n {
-                let j = i + ((pool.len() - i) as f64 * rng.next()) as usize;
-                pool.swap(i, j);
-            }
-            Tensor::from_i64(shape, pool[..n].to_vec())
-        }
-        Domain::Bool => Tensor::from_bool(shape, (0..n).map(|_| rng.next() < 0.5).collect()),
-        Domain::Int(k) => Tensor::from_i64(shape, vec![*k; n.max(1)]),
-    }
-}
 
 /// Element-wise agreement: exact for ints and bools, else within `rtol`
 /// relative to the element (and to the tensor's scale, for values near 0).
@@ -192,7 +138,7 @@ fn f32_variant(args: &[Arg]) -> Option<Vec<Arg>> {
 
 #[test]
 fn every_op_matches_the_interpreter() {
-    let mut rng = Lcg(7);
+    let mut rng = SampleRng(7);
     let mut kinds = BTreeSet::new();
     let mut failures = vec![];
     let mut checked = 0;
@@ -215,7 +161,7 @@ fn every_op_matches_the_interpreter() {
                     .inputs
                     .iter()
                     .zip(&domains)
-                    .map(|(d, dom)| data(&d.ty, dom, &mut rng))
+                    .map(|(d, dom)| sample_data(&d.ty, dom, &mut rng))
                     .collect(),
                 ..Env::default()
             };

@@ -331,3 +331,63 @@ pub fn samples() -> Vec<Sample> {
     v.push(s(Op::State(0), vec![]));
     v
 }
+
+/// A small deterministic generator for sample data (an LCG: reproducible everywhere).
+pub struct SampleRng(pub u64);
+
+impl SampleRng {
+    /// Uniform in [0, 1).
+    pub fn uniform(&mut self) -> f64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// Data of type `ty` drawn from `domain` (floats of an f32 argument are f32 numbers),
+/// shared by every test generated from the catalog.
+pub fn sample_data(ty: &Ty, domain: &Domain, rng: &mut SampleRng) -> crate::value::Tensor {
+    use crate::value::Tensor;
+    let shape: Vec<usize> = ty
+        .shape
+        .iter()
+        .map(|d| d.as_const().expect("samples use fixed sizes") as usize)
+        .collect();
+    let n: usize = shape.iter().product();
+    match domain {
+        Domain::Float(lo, hi) => {
+            let round = |x: f64| {
+                if ty.dtype == DType::F32 {
+                    f64::from(x as f32)
+                } else {
+                    x
+                }
+            };
+            Tensor::from_f64(
+                ty.dtype,
+                shape,
+                (0..n)
+                    .map(|_| round(lo + (hi - lo) * rng.uniform()))
+                    .collect(),
+            )
+        }
+        Domain::Index(lo, hi) => Tensor::from_i64(
+            shape,
+            (0..n)
+                .map(|_| lo + ((hi - lo) as f64 * rng.uniform()) as i64)
+                .collect(),
+        ),
+        Domain::Unique(hi) => {
+            let mut pool: Vec<i64> = (0..*hi).collect();
+            for i in 0..n {
+                let j = i + ((pool.len() - i) as f64 * rng.uniform()) as usize;
+                pool.swap(i, j);
+            }
+            Tensor::from_i64(shape, pool[..n].to_vec())
+        }
+        Domain::Bool => Tensor::from_bool(shape, (0..n).map(|_| rng.uniform() < 0.5).collect()),
+        Domain::Int(k) => Tensor::from_i64(shape, vec![*k; n.max(1)]),
+    }
+}
