@@ -4,6 +4,7 @@
 
 pub mod backends;
 pub mod cli;
+pub mod conformance;
 pub mod io;
 pub mod loader;
 pub mod random;

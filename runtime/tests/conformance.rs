@@ -3,95 +3,14 @@
 //! tests/conformance/README.md. Prints a per-loss table; fails on any miss.
 
 use losslang_compiler::backend::{Backend, Executor};
-use losslang_compiler::ops::Scalar;
 use losslang_compiler::program::{Call, CompileOptions, Program, compile};
 use losslang_compiler::sema::Source;
-use losslang_compiler::value::{DType, Tensor};
+use losslang_compiler::value::Tensor;
+use losslang_runtime::conformance::{close, json, params_of, root, state_of, to_tensor};
 use losslang_runtime::io::read_npy;
 use losslang_runtime::loader::FileLoader;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn json(p: &Path) -> Value {
-    serde_json::from_str(
-        &std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())),
-    )
-    .expect("valid JSON")
-}
-
-fn to_tensor(v: &Value) -> Tensor {
-    fn walk(v: &Value, shape: &mut Vec<usize>, depth: usize, out: &mut Vec<f64>) {
-        match v {
-            Value::Array(xs) => {
-                if shape.len() == depth {
-                    shape.push(xs.len());
-                }
-                for x in xs {
-                    walk(x, shape, depth + 1, out);
-                }
-            }
-            Value::Bool(b) => out.push(f64::from(u8::from(*b))),
-            Value::Number(n) => out.push(n.as_f64().expect("number")),
-            Value::String(s) => out.push(s.parse().expect("numeric string")),
-            Value::Null | Value::Object(_) => panic!("unexpected JSON in a state"),
-        }
-    }
-    let mut shape = vec![];
-    let mut out = vec![];
-    walk(v, &mut shape, 0, &mut out);
-    Tensor::from_f64(DType::F64, shape, out)
-}
-
-fn close(got: &[f64], exp: &[f64], rtol: f64, atol: f64) -> Result<(), String> {
-    if got.len() != exp.len() {
-        return Err(format!("{} values, expected {}", got.len(), exp.len()));
-    }
-    let scale = exp.iter().fold(1.0f64, |m, x| m.max(x.abs()));
-    let mut worst = 0.0f64;
-    for (g, e) in got.iter().zip(exp) {
-        if g.is_finite() != e.is_finite() {
-            return Err(format!("non-finite mismatch: got {g}, expected {e}"));
-        }
-        let err = (g - e).abs();
-        worst = worst.max(err);
-        if e.is_finite() && err > atol * scale + rtol * e.abs() {
-            return Err(format!(
-                "got {g}, expected {e} (err {err:.3e}, scale {scale:.3e})"
-            ));
-        }
-    }
-    let _ = worst;
-    Ok(())
-}
-
-fn params_of(p: &Path) -> Vec<(String, Scalar)> {
-    match json(p) {
-        Value::Object(m) => m
-            .into_iter()
-            .map(|(k, v)| {
-                let s = match v {
-                    Value::Bool(b) => Scalar::B(b),
-                    Value::Number(n) if n.is_i64() => Scalar::I(n.as_i64().expect("i64")),
-                    Value::Number(n) => Scalar::F(n.as_f64().expect("f64")),
-                    other => panic!("param {k}: {other}"),
-                };
-                (k, s)
-            })
-            .collect(),
-        _ => panic!("params.json is an object"),
-    }
-}
-
-fn state_of(v: &Value) -> Vec<(String, Tensor)> {
-    match v {
-        Value::Object(m) => m.iter().map(|(k, v)| (k.clone(), to_tensor(v))).collect(),
-        _ => vec![],
-    }
-}
 
 /// Runs one step; returns the new state or a failure message.
 fn run_step(
