@@ -7,6 +7,7 @@ use crate::autodiff::differentiate;
 use crate::diag::Diagnostic;
 use crate::dim::Dim;
 use crate::ir::eval::{Env, NodeError, eval};
+use crate::ir::graph::Check;
 use crate::ir::verify::verify;
 use crate::ir::{Graph, Handle};
 use crate::kernels::EvalError;
@@ -150,6 +151,24 @@ pub struct Outputs {
     pub state: Vec<(String, Tensor)>,
 }
 
+/// The dtype and shape of one array bound by name (an input or a state).
+#[derive(Clone, Copy, Debug)]
+pub struct Shaped<'a> {
+    pub name: &'a str,
+    pub dtype: DType,
+    pub shape: &'a [usize],
+}
+
+fn shaped(v: &[(String, Tensor)]) -> Vec<Shaped<'_>> {
+    v.iter()
+        .map(|(n, t)| Shaped {
+            name: n,
+            dtype: t.dtype,
+            shape: &t.shape,
+        })
+        .collect()
+}
+
 /// What a run is given. Missing params take their defaults; missing state its initial value.
 #[derive(Clone, Debug, Default)]
 pub struct Call {
@@ -242,12 +261,72 @@ impl Program {
     /// state key), the axis and the sizes.
     pub fn bind(&self, call: &Call) -> Result<Env, RunError> {
         let g = &self.opt;
-        let mut dims: BTreeMap<String, i64> = call.dims.clone();
+        let dims = self.bind_dims(&shaped(&call.inputs), &shaped(&call.state), &call.dims)?;
+        let mut inputs = Vec::with_capacity(g.inputs.len());
+        for decl in &g.inputs {
+            let (_, t) = call
+                .inputs
+                .iter()
+                .rev()
+                .find(|(n, _)| n == &decl.name)
+                .expect("bind_dims found every input");
+            if call.check_finite {
+                check_finite(t, &format!("input `{}`", decl.name))?;
+            }
+            inputs.push(t.clone());
+        }
+        let params = self.bind_params(&call.params)?;
+        let mut env = Env {
+            inputs,
+            params,
+            state: vec![],
+            dims,
+        };
+        let init_vals = self.init_state(&env.params, &env.dims)?;
+        for (decl, init) in g.states.iter().zip(init_vals) {
+            let v = match call.state.iter().find(|(n, _)| n == &decl.name) {
+                Some((_, t)) => convert_state(t, decl.ty.dtype, &decl.name)?,
+                None => init,
+            };
+            env.state.push(v);
+        }
+        Ok(env)
+    }
+
+    /// The initial value of every state, for these params (as `bind_params`
+    /// resolves them) and dims. Initial values use only params and constants.
+    pub fn init_state(
+        &self,
+        params: &[Tensor],
+        dims: &BTreeMap<String, i64>,
+    ) -> Result<Vec<Tensor>, RunError> {
+        let g = &self.opt;
+        let env = Env {
+            inputs: vec![],
+            params: params.to_vec(),
+            state: vec![],
+            dims: dims.clone(),
+        };
+        let inits: Vec<Handle> = g.states.iter().map(|s| s.init).collect();
+        eval(g, &env, &inits).map_err(|e| self.node_error(e))
+    }
+
+    /// Checks the dtypes and ranks of the arrays a call binds by name against
+    /// the signature and resolves every dim from their shapes (and `given`).
+    /// Every mismatch names the input (or state key), the axis and the sizes.
+    pub fn bind_dims(
+        &self,
+        inputs: &[Shaped],
+        state: &[Shaped],
+        given: &BTreeMap<String, i64>,
+    ) -> Result<BTreeMap<String, i64>, RunError> {
+        let g = &self.opt;
+        let mut dims: BTreeMap<String, i64> = given.clone();
         let mut bound_by: BTreeMap<String, String> = dims
             .keys()
             .map(|k| (k.clone(), "--dims".to_string()))
             .collect();
-        for (n, _) in &call.inputs {
+        for Shaped { name: n, .. } in inputs {
             if g.input_index(n).is_none() {
                 let have: Vec<&str> = g.inputs.iter().map(|i| i.name.as_str()).collect();
                 return Err(RunError::new(
@@ -257,9 +336,8 @@ impl Program {
                 ));
             }
         }
-        let mut inputs = Vec::with_capacity(g.inputs.len());
         for decl in &g.inputs {
-            let Some((_, t)) = call.inputs.iter().rev().find(|(n, _)| n == &decl.name) else {
+            let Some(t) = inputs.iter().rev().find(|t| t.name == decl.name) else {
                 return Err(RunError::new(
                     "L6104",
                     format!("missing input `{}` ({})", decl.name, decl.ty),
@@ -292,13 +370,13 @@ impl Program {
                         "input `{}` has rank {} (shape {}), but the loss declares {}",
                         decl.name,
                         t.shape.len(),
-                        shape_txt(&t.shape),
+                        shape_txt(t.shape),
                         decl.ty
                     ),
                     "reshape the array to the declared rank",
                 ));
             }
-            for (ax, (d, &n)) in decl.ty.shape.iter().zip(&t.shape).enumerate() {
+            for (ax, (d, &n)) in decl.ty.shape.iter().zip(t.shape).enumerate() {
                 bind_dim(
                     d,
                     n as i64,
@@ -309,12 +387,8 @@ impl Program {
                     "input",
                 )?;
             }
-            if call.check_finite {
-                check_finite(t, &format!("input `{}`", decl.name))?;
-            }
-            inputs.push(t.clone());
         }
-        for (n, _) in &call.state {
+        for Shaped { name: n, .. } in state {
             if g.state_index(n).is_none() {
                 let have: Vec<&str> = g.states.iter().map(|s| s.name.as_str()).collect();
                 return Err(RunError::new(
@@ -329,20 +403,20 @@ impl Program {
             }
         }
         for decl in &g.states {
-            if let Some((_, t)) = call.state.iter().find(|(n, _)| n == &decl.name) {
+            if let Some(t) = state.iter().find(|t| t.name == decl.name) {
                 if t.shape.len() != decl.ty.shape.len() {
                     return Err(RunError::new(
                         "L6108",
                         format!(
                             "state `{}` has shape {}, but the loss declares {}",
                             decl.name,
-                            shape_txt(&t.shape),
+                            shape_txt(t.shape),
                             decl.ty
                         ),
                         "fix the state file, or delete the key to start from the initial value",
                     ));
                 }
-                for (ax, (d, &n)) in decl.ty.shape.iter().zip(&t.shape).enumerate() {
+                for (ax, (d, &n)) in decl.ty.shape.iter().zip(t.shape).enumerate() {
                     bind_dim(
                         d,
                         n as i64,
@@ -423,23 +497,7 @@ impl Program {
                 ));
             }
         }
-        let params = self.bind_params(&call.params)?;
-        let mut env = Env {
-            inputs,
-            params,
-            state: vec![],
-            dims,
-        };
-        let inits: Vec<Handle> = g.states.iter().map(|s| s.init).collect();
-        let init_vals = eval(g, &env, &inits).map_err(|e| self.node_error(e))?;
-        for (decl, init) in g.states.iter().zip(init_vals) {
-            let v = match call.state.iter().find(|(n, _)| n == &decl.name) {
-                Some((_, t)) => convert_state(t, decl.ty.dtype, &decl.name)?,
-                None => init,
-            };
-            env.state.push(v);
-        }
-        Ok(env)
+        Ok(dims)
     }
 
     /// Evaluates one call with the reference interpreter.
@@ -487,12 +545,7 @@ impl Program {
         for c in &g.checks {
             let v = it.next().expect("check");
             if v.scalar_f64() != Some(1.0) {
-                let (line, _) = self.line_of(c.span);
-                return Err(RunError::new(
-                    "L6110",
-                    format!("{} (line {line})", c.message),
-                    "the data does not satisfy an `assert` of the program",
-                ));
+                return Err(self.check_failed(c));
             }
         }
         let reports: Vec<(String, Tensor)> = g
@@ -552,6 +605,16 @@ impl Program {
             reports,
             state,
         })
+    }
+
+    /// The error for an `assert` the data does not satisfy.
+    pub fn check_failed(&self, c: &Check) -> RunError {
+        let (line, _) = self.line_of(c.span);
+        RunError::new(
+            "L6110",
+            format!("{} (line {line})", c.message),
+            "the data does not satisfy an `assert` of the program",
+        )
     }
 
     fn line_of(&self, span: losslang_grammar::Span) -> (usize, usize) {

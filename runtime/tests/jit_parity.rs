@@ -146,3 +146,289 @@ fn jit_matches_the_interpreter_on_every_stdlib_loss() {
     assert!(checked >= 105, "only {checked} runs");
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// The borrowed-buffer API runs the same kernels as the tensor path, so it
+/// must give the same bits: inputs read in place, gradients and new state
+/// written into the caller's arrays (reused for a second step fed with the
+/// first step's state).
+#[test]
+fn borrowed_buffers_give_the_tensor_paths_bits_on_every_stdlib_loss() {
+    use losslang_clif::array::{Array, View};
+    use losslang_clif::loss::{Args, JitLoss, Outs};
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../stdlib");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .expect("stdlib/ is readable")
+        .map(|e| e.expect("a directory entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "loss"))
+        .collect();
+    files.sort();
+    let mut checked = 0;
+    for path in files {
+        let text = std::fs::read_to_string(&path).expect("readable");
+        if is_module(&text) {
+            continue;
+        }
+        let file = path
+            .file_name()
+            .expect("name")
+            .to_string_lossy()
+            .to_string();
+        let p = compile(
+            Source {
+                name: file.clone(),
+                text,
+            },
+            &FileLoader,
+            &CompileOptions::default(),
+        )
+        .unwrap_or_else(|_| panic!("{file} compiles"));
+        let loss = JitLoss::new(p).expect("compiles").with_threads(2);
+        let p = loss.program();
+        let g = &p.opt;
+        let dims = dims_for(p, 70);
+        let inputs = random_inputs(g, &dims, 7).unwrap_or_else(|e| panic!("{file}: {e}"));
+        let tensor_jit = losslang_runtime::backends::jit(p, 2).expect("compiles");
+        let arrays: Vec<(String, Array, Vec<usize>)> = inputs
+            .iter()
+            .map(|(n, t)| (n.clone(), Array::from_tensor(t), t.shape.clone()))
+            .collect();
+        let mut grads: Vec<Array> = g
+            .grads
+            .iter()
+            .map(|(k, _)| {
+                let t = &inputs
+                    .iter()
+                    .find(|(n, _)| *n == g.inputs[*k].name)
+                    .expect("bound")
+                    .1;
+                Array::zeros(t.dtype, t.len())
+            })
+            .collect();
+        let mut call = Call {
+            inputs: inputs.clone(),
+            dims: BTreeMap::new(),
+            grads: true,
+            ..Call::default()
+        };
+        let state0 = loss.init_state(&[], &dims).expect("initial state");
+        let mut state: Vec<(String, Array, Vec<usize>)> = g
+            .states
+            .iter()
+            .zip(&state0)
+            .map(|(d, t)| (d.name.clone(), Array::from_tensor(t), t.shape.clone()))
+            .collect();
+        for step in 0..2 {
+            call.state = state
+                .iter()
+                .map(|(n, a, s)| (n.clone(), a.to_tensor(s.clone())))
+                .collect();
+            let want = p
+                .bind(&call)
+                .and_then(|env| p.run_with(tensor_jit.as_ref(), &env, true, false));
+            let args = Args {
+                inputs: arrays
+                    .iter()
+                    .map(|(n, a, s)| (n.as_str(), View::new(a.as_ref(), s)))
+                    .collect(),
+                state: state
+                    .iter()
+                    .map(|(n, a, s)| (n.as_str(), View::new(a.as_ref(), s)))
+                    .collect(),
+                ..Args::default()
+            };
+            let mut new_state: Vec<Array> = state
+                .iter()
+                .map(|(_, a, _)| {
+                    let mut z = a.clone();
+                    z.as_mut().copy_from(&a.as_ref());
+                    z
+                })
+                .collect();
+            let mut outs = Outs {
+                grads: grads.iter_mut().map(Array::as_mut).collect(),
+                state: new_state.iter_mut().map(Array::as_mut).collect(),
+            };
+            let got = loss.call(&args, &mut outs);
+            drop(outs);
+            let (got, want) = match (got, want) {
+                (Ok(a), Ok(b)) => (a, b),
+                (Err(a), Err(b)) => {
+                    assert_eq!(a.message, b.message, "{file}");
+                    break;
+                }
+                (a, b) => panic!(
+                    "{file}: outcomes differ: {:?} vs {:?}",
+                    a.map(|c| c.loss),
+                    b.map(|o| o.loss)
+                ),
+            };
+            assert_eq!(
+                got.loss.to_bits(),
+                want.loss.to_bits(),
+                "{file} step {step}: loss {} vs {}",
+                got.loss,
+                want.loss
+            );
+            for ((n, t), a) in want.grads.iter().zip(&grads) {
+                assert_eq!(
+                    a,
+                    &Array::from_tensor(t),
+                    "{file} step {step}: gradient of {n}"
+                );
+            }
+            for ((n, t), a) in want.state.iter().zip(&new_state) {
+                assert_eq!(a, &Array::from_tensor(t), "{file} step {step}: state {n}");
+            }
+            for ((n, a), (_, b)) in got.reports.iter().zip(&want.reports) {
+                assert_eq!(
+                    a.to_f64_vec()
+                        .iter()
+                        .map(|x| x.to_bits())
+                        .collect::<Vec<_>>(),
+                    b.to_f64_vec()
+                        .iter()
+                        .map(|x| x.to_bits())
+                        .collect::<Vec<_>>(),
+                    "{file} step {step}: report {n}"
+                );
+            }
+            for ((_, a, _), b) in state.iter_mut().zip(new_state) {
+                *a = b;
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 70, "only {checked} calls");
+}
+
+/// Wrong arrays are refused before any kernel runs, with the signature's
+/// words for an input and a clear one for the caller's output arrays.
+#[test]
+fn borrowed_buffers_are_checked_against_the_signature() {
+    use losslang_clif::array::{Array, ArrayRef, View};
+    use losslang_clif::loss::{Args, JitLoss, Outs};
+    let p = compile(
+        Source {
+            name: "t.loss".into(),
+            text: "loss t(x: f32[N, C] diff, y: i64[N]) -> f32 {\n    mean(take(log_softmax(x, axis=1), y, axis=1))\n}\n".into(),
+        },
+        &FileLoader,
+        &CompileOptions::default(),
+    )
+    .unwrap_or_else(|_| panic!("compiles"));
+    let loss = JitLoss::new(p).expect("compiles");
+    let x = vec![0.5f32; 6];
+    let y = vec![0i64, 2];
+    let shape_x = [2usize, 3];
+    let shape_y = [2usize];
+    let mut g = Array::zeros(losslang_compiler::value::DType::F32, 6);
+    let call = |xs: &[usize], yv: &[i64], g: &mut Array| {
+        let args = Args {
+            inputs: vec![
+                ("x", View::new(ArrayRef::F32(&x), xs)),
+                ("y", View::new(ArrayRef::I64(yv), &shape_y)),
+            ],
+            ..Args::default()
+        };
+        let mut outs = Outs {
+            grads: vec![g.as_mut()],
+            state: vec![],
+        };
+        loss.call(&args, &mut outs)
+    };
+    let ok = call(&shape_x, &y, &mut g).expect("a valid call");
+    assert!((ok.loss - -(3f64).ln()).abs() < 1e-6, "loss {}", ok.loss);
+    let e = call(&[3, 2], &y, &mut g).expect_err("rank/shape mismatch with y");
+    assert!(
+        e.message.contains("`y`") || e.message.contains("`x`"),
+        "{}",
+        e.message
+    );
+    let e = call(&shape_x, &[0, 3], &mut g).expect_err("index 3 of C=3");
+    assert!(
+        e.message.contains("index 3") && e.message.contains("y[1]"),
+        "{}",
+        e.message
+    );
+    let mut short = Array::zeros(losslang_compiler::value::DType::F32, 5);
+    let e = call(&shape_x, &y, &mut short).expect_err("a gradient array of 5 for 6");
+    assert!(e.message.contains("output array of 5"), "{}", e.message);
+    let mut f64g = Array::zeros(losslang_compiler::value::DType::F64, 6);
+    let e = call(&shape_x, &y, &mut f64g).expect_err("f64 gradient for an f32 input");
+    assert!(e.message.contains("f64"), "{}", e.message);
+}
+
+/// Rows split across threads write disjoint rows and batch partials are
+/// combined in row order, so every thread count gives the same bits, on
+/// every stdlib loss (200 rows: 1, 2 and 3 threads really split).
+#[test]
+fn thread_count_does_not_change_the_bits_on_any_stdlib_loss() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../stdlib");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .expect("stdlib/ is readable")
+        .map(|e| e.expect("a directory entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "loss"))
+        .collect();
+    files.sort();
+    let bits = |o: &Outputs| -> Vec<u64> {
+        let mut v = vec![o.loss.to_bits()];
+        for (_, t) in o.grads.iter().chain(&o.state).chain(&o.reports) {
+            v.extend(t.to_f64_vec().iter().map(|x| x.to_bits()));
+        }
+        v
+    };
+    let mut checked = 0;
+    for path in files {
+        let text = std::fs::read_to_string(&path).expect("readable");
+        if is_module(&text) {
+            continue;
+        }
+        let file = path
+            .file_name()
+            .expect("name")
+            .to_string_lossy()
+            .to_string();
+        let p = compile(
+            Source {
+                name: file.clone(),
+                text,
+            },
+            &FileLoader,
+            &CompileOptions::default(),
+        )
+        .unwrap_or_else(|_| panic!("{file} compiles"));
+        // 200 rows; every other size small, so that pairwise losses stay cheap.
+        // State tables (one row per training example) keep 2·N rows.
+        let mut dims = dims_for(&p, 7);
+        let tables = dims_for(&p, 200);
+        for (k, v) in dims.iter_mut() {
+            if k == "N" || tables[k] == 400 {
+                *v = tables[k];
+            }
+        }
+        let inputs = random_inputs(&p.opt, &dims, 5).unwrap_or_else(|e| panic!("{file}: {e}"));
+        let call = Call {
+            inputs,
+            dims,
+            grads: true,
+            ..Call::default()
+        };
+        let env = p
+            .bind(&call)
+            .unwrap_or_else(|e| panic!("{file}: {}", e.message));
+        let mut first: Option<Vec<u64>> = None;
+        for t in [1, 2, 3] {
+            let jit = losslang_runtime::backends::jit(&p, t).expect("compiles");
+            let Ok(out) = p.run_with(jit.as_ref(), &env, true, false) else {
+                break;
+            };
+            let b = bits(&out);
+            match &first {
+                None => first = Some(b),
+                Some(f) => assert!(*f == b, "{file}: {t} threads changed the bits"),
+            }
+        }
+        checked += 1;
+    }
+    assert!(checked >= 35, "only {checked} losses");
+}

@@ -4,6 +4,7 @@
 //! order and reads the results back.
 
 use crate::abi::{Ctx, Faults, KernelFn, SLOT_ALIGN, Storage};
+use crate::array::{ArrayMut, View};
 use crate::schedule::{Place, Schedule, SlotKind};
 use losslang_compiler::dim::{Dim, size, sizes};
 use losslang_compiler::ir::eval::{Env, NodeError};
@@ -11,7 +12,7 @@ use losslang_compiler::ir::{Graph, Handle};
 use losslang_compiler::kernels::{EvalError, split_axis};
 use losslang_compiler::ops::Op;
 use losslang_compiler::value::{DType, Data, Tensor};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
 /// A compiled schedule: one function per kernel.
@@ -57,8 +58,12 @@ fn check_positions(start: i64, len: usize, step: i64, full: usize) -> Result<(),
 }
 
 /// Resolved sizes of every needed node, after the interpreter's checks.
-fn resolve(g: &Graph, s: &Schedule, env: &Env) -> Result<Vec<Option<Vec<usize>>>, NodeError> {
-    let lookup = |n: &str| env.dims.get(n).copied();
+fn resolve(
+    g: &Graph,
+    s: &Schedule,
+    dims: &BTreeMap<String, i64>,
+) -> Result<Vec<Option<Vec<usize>>>, NodeError> {
+    let lookup = |n: &str| dims.get(n).copied();
     let mut shapes: Vec<Option<Vec<usize>>> = vec![None; g.len()];
     for (i, n) in g.nodes.iter().enumerate() {
         if s.place[i] == Place::Dead {
@@ -170,28 +175,19 @@ fn resolve(g: &Graph, s: &Schedule, env: &Env) -> Result<Vec<Option<Vec<usize>>>
     Ok(shapes)
 }
 
-fn dims_value(d: &Dim, env: &Env) -> i64 {
+fn dims_value(d: &Dim, dims: &BTreeMap<String, i64>) -> i64 {
     // Unbound or failing dims were reported by `resolve` for every dim that
     // sizes something; the rest are attributes that it checked the same way.
-    d.eval(&|n: &str| env.dims.get(n).copied()).unwrap_or(0)
+    d.eval(&|n: &str| dims.get(n).copied()).unwrap_or(0)
 }
 
 fn numel(shape: &[usize]) -> Option<usize> {
     shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d))
 }
 
-/// Where a slot's external data comes from.
-fn external<'e>(env: &'e Env, kind: &SlotKind) -> Option<&'e Tensor> {
-    match kind {
-        SlotKind::Input(k) => env.inputs.get(*k),
-        SlotKind::Param(k) => env.params.get(*k),
-        SlotKind::State(k) => env.state.get(*k),
-        SlotKind::Node(_) | SlotKind::Scratch => None,
-    }
-}
-
-/// Copies a tensor into a slot's native storage. `dst` has exactly the slot's bytes.
-fn fill_slot(dst: &mut [u8], storage: Storage, t: &Tensor) -> bool {
+/// Copies a tensor into a slot's native storage. `dst` has exactly the slot's
+/// bytes; the storage was checked to fit the tensor's data.
+fn fill_slot(dst: &mut [u8], storage: Storage, t: &Tensor) {
     match (&t.data, storage) {
         (Data::F(v), Storage::F32) => {
             for (c, x) in dst.chunks_exact_mut(4).zip(v) {
@@ -213,9 +209,9 @@ fn fill_slot(dst: &mut [u8], storage: Storage, t: &Tensor) -> bool {
                 *c = u8::from(*x);
             }
         }
-        _ => return false,
+        // `run_bound` refuses every other pairing before filling.
+        _ => {}
     }
-    true
 }
 
 fn read_slot(src: &[u8], storage: Storage, dtype: DType, shape: Vec<usize>) -> Tensor {
@@ -275,6 +271,52 @@ fn pack(lens: &[usize], live: &[(usize, usize)]) -> Option<(Vec<usize>, usize)> 
     Some((offsets, total))
 }
 
+/// The data of one input, param or state slot.
+#[derive(Clone, Copy)]
+pub enum Ext<'a> {
+    /// Copied into the arena in the slot's storage.
+    Tensor(&'a Tensor),
+    /// Read in place.
+    Array(View<'a>),
+}
+
+/// Where one result goes.
+pub enum Sink<'a> {
+    /// Read back into a new tensor.
+    Tensor,
+    /// Written into the caller's array: in place when the result has a slot
+    /// of its own, else copied there after the kernels ran.
+    Array(ArrayMut<'a>),
+}
+
+/// Everything a call binds.
+pub struct Bound<'a> {
+    pub inputs: Vec<Ext<'a>>,
+    pub params: Vec<Ext<'a>>,
+    pub state: Vec<Ext<'a>>,
+    pub dims: &'a BTreeMap<String, i64>,
+}
+
+impl<'a> Bound<'a> {
+    pub fn from_env(env: &'a Env) -> Bound<'a> {
+        Bound {
+            inputs: env.inputs.iter().map(Ext::Tensor).collect(),
+            params: env.params.iter().map(Ext::Tensor).collect(),
+            state: env.state.iter().map(Ext::Tensor).collect(),
+            dims: &env.dims,
+        }
+    }
+
+    fn external(&self, kind: &SlotKind) -> Option<Ext<'a>> {
+        match kind {
+            SlotKind::Input(k) => self.inputs.get(*k).copied(),
+            SlotKind::Param(k) => self.params.get(*k).copied(),
+            SlotKind::State(k) => self.state.get(*k).copied(),
+            SlotKind::Node(_) | SlotKind::Scratch => None,
+        }
+    }
+}
+
 /// Runs the kernels on `env` and returns the values of `roots`.
 pub fn run(
     g: &Graph,
@@ -284,9 +326,37 @@ pub fn run(
     arena: &Mutex<Vec<u64>>,
     threads: usize,
 ) -> Result<Vec<Tensor>, NodeError> {
+    let mut sinks: Vec<Sink> = roots.iter().map(|_| Sink::Tensor).collect();
+    let out = run_bound(
+        g,
+        k,
+        &Bound::from_env(env),
+        roots,
+        &mut sinks,
+        arena,
+        threads,
+    )?;
+    Ok(out
+        .into_iter()
+        .map(|t| t.expect("a tensor sink gives a tensor"))
+        .collect())
+}
+
+/// Runs the kernels on `b` and delivers the value of each root to its sink;
+/// returns the tensors of `Sink::Tensor` roots (`None` for the others).
+pub fn run_bound(
+    g: &Graph,
+    k: &Kernels,
+    b: &Bound,
+    roots: &[Handle],
+    sinks: &mut [Sink],
+    arena: &Mutex<Vec<u64>>,
+    threads: usize,
+) -> Result<Vec<Option<Tensor>>, NodeError> {
+    assert_eq!(roots.len(), sinks.len(), "one sink per root");
     let s = k.schedule;
-    let shapes = resolve(g, s, env)?;
-    let dims: Vec<i64> = s.dims.iter().map(|d| dims_value(d, env)).collect();
+    let shapes = resolve(g, s, b.dims)?;
+    let dims: Vec<i64> = s.dims.iter().map(|d| dims_value(d, b.dims)).collect();
     let dim_of: HashMap<&Dim, i64> = s.dims.iter().zip(dims.iter().copied()).collect();
     let dimv = |d: &Dim| d.as_const().unwrap_or_else(|| dim_of[d]);
     // Slot sizes from the same resolved dims the kernels loop over.
@@ -308,7 +378,115 @@ pub fn run(
             })?;
         lens.push(bytes);
     }
-    let (offsets, total) = pack(&lens, &s.live)
+    // Slots that live in the caller's memory instead of the arena.
+    let mut direct: Vec<Option<*mut u8>> = vec![None; s.slots.len()];
+    for (i, sl) in s.slots.iter().enumerate() {
+        let Some(ext) = b.external(&sl.kind) else {
+            continue;
+        };
+        let node = g
+            .nodes
+            .iter()
+            .position(|n| match (&n.op, &sl.kind) {
+                (Op::Input(a), SlotKind::Input(c))
+                | (Op::Param(a), SlotKind::Param(c))
+                | (Op::State(a), SlotKind::State(c)) => a == c,
+                _ => false,
+            })
+            .map_or(s.roots[0], |p| Handle(p as u32));
+        let want: Vec<usize> = sl
+            .shape
+            .iter()
+            .map(|d| usize::try_from(dimv(d)).unwrap_or(0))
+            .collect();
+        let (shape, len, dtype, storage_ok) = match ext {
+            Ext::Tensor(t) => {
+                let data_len = match &t.data {
+                    Data::F(v) => v.len(),
+                    Data::I(v) => v.len(),
+                    Data::B(v) => v.len(),
+                };
+                let ok = matches!(
+                    (&t.data, sl.storage),
+                    (Data::F(_), Storage::F32 | Storage::F64)
+                        | (Data::I(_), Storage::I64)
+                        | (Data::B(_), Storage::U8)
+                );
+                let len = if data_len == t.len() {
+                    data_len
+                } else {
+                    usize::MAX
+                };
+                (t.shape.as_slice(), len, t.dtype, ok)
+            }
+            Ext::Array(v) => (
+                v.shape,
+                v.data.len(),
+                v.data.dtype(),
+                v.data.storage() == sl.storage,
+            ),
+        };
+        if !storage_ok {
+            return Err(shape_err(
+                node,
+                format!(
+                    "a {dtype} value was bound where {} is expected",
+                    sl.storage.name()
+                ),
+            ));
+        }
+        if shape != want.as_slice()
+            || Some(len) != numel(&want)
+            || len * sl.storage.bytes() != lens[i]
+        {
+            return Err(shape_err(
+                node,
+                format!(
+                    "a value of shape {shape:?} ({len} elements) was bound where {want:?} is expected"
+                ),
+            ));
+        }
+        if let Ext::Array(v) = ext {
+            direct[i] = Some(v.data.as_ptr().cast_mut());
+        }
+    }
+    // A result with a slot of its own is written straight into the caller's
+    // array; one whose slot is shared (an input returned as a gradient, two
+    // results that are one node) is copied there afterwards.
+    let mut in_place = vec![false; roots.len()];
+    for (ri, (&r, sink)) in roots.iter().zip(sinks.iter_mut()).enumerate() {
+        let Sink::Array(out) = sink else { continue };
+        let sl = s
+            .slot_of(r)
+            .unwrap_or_else(|| panic!("internal: result {r} has no slot"));
+        let slot = &s.slots[sl];
+        let want = shapes[r.index()].as_ref().expect("results are resolved");
+        if out.storage() != slot.storage || Some(out.len()) != numel(want) {
+            return Err(shape_err(
+                r,
+                format!(
+                    "an output array of {} {} elements was given for a result of {} {want:?}",
+                    out.len(),
+                    out.storage().name(),
+                    slot.storage.name()
+                ),
+            ));
+        }
+        let shared = roots
+            .iter()
+            .enumerate()
+            .any(|(rj, &q)| rj != ri && s.slot_of(q) == Some(sl));
+        if matches!(slot.kind, SlotKind::Node(_)) && !shared && direct[sl].is_none() {
+            direct[sl] = Some(out.as_mut_ptr());
+            in_place[ri] = true;
+        }
+    }
+    let packed: Vec<usize> = lens
+        .iter()
+        .zip(&direct)
+        .map(|(&l, d)| if d.is_some() { 0 } else { l })
+        .collect();
+    let (offsets, total) = pack(&packed, &s.live)
         .ok_or_else(|| shape_err(s.roots[0], "the buffers do not fit in memory".into()))?;
     // The arena is reused across calls: writing into fresh pages costs far
     // more than the arithmetic. A concurrent call gets its own.
@@ -337,55 +515,17 @@ pub fn run(
     let skew = raw.as_ptr().align_offset(SLOT_ALIGN);
     let raw = &mut raw[skew..skew + total];
     for (i, sl) in s.slots.iter().enumerate() {
-        let Some(t) = external(env, &sl.kind) else {
-            continue;
-        };
-        let want: Vec<usize> = sl
-            .shape
-            .iter()
-            .map(|d| usize::try_from(dimv(d)).unwrap_or(0))
-            .collect();
-        let node = g
-            .nodes
-            .iter()
-            .position(|n| match (&n.op, &sl.kind) {
-                (Op::Input(a), SlotKind::Input(b))
-                | (Op::Param(a), SlotKind::Param(b))
-                | (Op::State(a), SlotKind::State(b)) => a == b,
-                _ => false,
-            })
-            .map_or(s.roots[0], |p| Handle(p as u32));
-        let data_len = match &t.data {
-            Data::F(v) => v.len(),
-            Data::I(v) => v.len(),
-            Data::B(v) => v.len(),
-        };
-        if t.shape != want || data_len != t.len() || t.len() * sl.storage.bytes() != lens[i] {
-            return Err(shape_err(
-                node,
-                format!(
-                    "a value of shape {:?} was bound where {:?} is expected",
-                    t.shape, want
-                ),
-            ));
-        }
-        let dst = &mut raw[offsets[i]..offsets[i] + lens[i]];
-        if !fill_slot(dst, sl.storage, t) {
-            return Err(shape_err(
-                node,
-                format!(
-                    "a {} value was bound where {} is expected",
-                    t.dtype,
-                    sl.storage.name()
-                ),
-            ));
+        if let Some(Ext::Tensor(t)) = b.external(&sl.kind) {
+            fill_slot(&mut raw[offsets[i]..offsets[i] + lens[i]], sl.storage, t);
         }
     }
     let base = raw.as_mut_ptr();
     let bufs: Vec<*mut u8> = offsets
         .iter()
-        // SAFETY: every offset is within the arena (at most `total`).
-        .map(|&o| unsafe { base.add(o) })
+        .zip(&direct)
+        // SAFETY: every arena offset is within the arena (at most `total`);
+        // a direct slot is the caller's array of exactly the slot's bytes.
+        .map(|(&o, d)| d.unwrap_or_else(|| unsafe { base.add(o) }))
         .collect();
     let faults = Faults::default();
     let ctx = Ctx {
@@ -408,21 +548,36 @@ pub fn run(
             .unwrap_or_default();
         return Err(f.to_node_error(&ishape));
     }
-    let out = roots
-        .iter()
-        .map(|&r| {
-            let sl = s
-                .slot_of(r)
-                .unwrap_or_else(|| panic!("internal: result {r} has no slot"));
-            let slot = &s.slots[sl];
-            let shape = shapes[r.index()].clone().expect("results are resolved");
-            read_slot(
-                &raw[offsets[sl]..offsets[sl] + lens[sl]],
-                slot.storage,
-                g.ty(r).dtype,
-                shape,
-            )
-        })
-        .collect();
+    let mut out = Vec::with_capacity(roots.len());
+    for (ri, (&r, sink)) in roots.iter().zip(sinks.iter_mut()).enumerate() {
+        let sl = s
+            .slot_of(r)
+            .unwrap_or_else(|| panic!("internal: result {r} has no slot"));
+        // SAFETY: the slot's memory (arena or caller's array) holds `lens[sl]`
+        // bytes, and no kernel runs any more.
+        let src = unsafe { std::slice::from_raw_parts(bufs[sl].cast_const(), lens[sl]) };
+        match sink {
+            Sink::Tensor => {
+                let shape = shapes[r.index()].clone().expect("results are resolved");
+                out.push(Some(read_slot(
+                    src,
+                    s.slots[sl].storage,
+                    g.ty(r).dtype,
+                    shape,
+                )));
+            }
+            Sink::Array(a) => {
+                if !in_place[ri] {
+                    // SAFETY: the storages and element counts were checked to
+                    // match; the caller's array is borrowed mutably, so it is
+                    // not the source.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(src.as_ptr(), a.as_mut_ptr(), lens[sl]);
+                    }
+                }
+                out.push(None);
+            }
+        }
+    }
     Ok(out)
 }

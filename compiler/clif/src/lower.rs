@@ -2108,20 +2108,26 @@ impl Lower<'_, '_> {
         idx.resize(xs.len(), self.zero);
         // Lane accumulators start before every loop of the nest: they
         // accumulate across the enclosing loops too.
+        // Max/min: one f32x4 of running extremes and one i32x4 of lanes that
+        // saw a NaN. Sums: two f64x2 (the low and high lanes, widened).
         let mut lane_vars = vec![];
         if vector {
-            let (lv_ty, count) = if matches!(red, Red::Max | Red::Min) {
-                (types::F32X4, 1)
+            let tys: &[Type] = if matches!(red, Red::Max | Red::Min) {
+                &[types::F32X4, types::I32X4]
             } else {
-                (types::F64, LANES as usize)
+                &[types::F64X2, types::F64X2]
             };
-            for _ in 0..count {
+            for &lv_ty in tys {
                 let lv = self.b.declare_var(lv_ty);
                 let z = if lv_ty == types::F32X4 {
                     let s0 = self.red_init(red, types::F32);
                     self.b.ins().splat(types::F32X4, s0)
+                } else if lv_ty == types::I32X4 {
+                    let z = self.b.ins().iconst(types::I32, 0);
+                    self.b.ins().splat(types::I32X4, z)
                 } else {
-                    self.fconst(types::F64, 0.0)
+                    let z = self.fconst(types::F64, 0.0);
+                    self.b.ins().splat(types::F64X2, z)
                 };
                 self.b.def_var(lv, z);
                 lane_vars.push(lv);
@@ -2146,18 +2152,31 @@ impl Lower<'_, '_> {
             let v = self.fv(v);
             match red {
                 Red::Max | Red::Min => {
+                    // `v > cur ? v : cur` is one `maxps` on x86 (`minps` for
+                    // min); IEEE `fmax` takes seven instructions for NaN and
+                    // ±0 rules. NaN is tracked on the side instead, and the
+                    // sign of a zero extreme is not observable downstream
+                    // (`x - max` is the same).
                     let cur = self.b.use_var(lane_vars[0]);
-                    let nv = if red == Red::Max {
-                        self.b.ins().fmax(cur, v)
+                    let better = if red == Red::Max {
+                        self.b.ins().fcmp(FloatCC::LessThan, cur, v)
                     } else {
-                        self.b.ins().fmin(cur, v)
+                        self.b.ins().fcmp(FloatCC::LessThan, v, cur)
                     };
+                    let mf = self
+                        .b
+                        .ins()
+                        .bitcast(types::F32X4, MemFlagsData::new(), better);
+                    let nv = self.b.ins().bitselect(mf, v, cur);
                     self.b.def_var(lane_vars[0], nv);
+                    let nan = self.b.ins().fcmp(FloatCC::Unordered, v, v);
+                    let seen = self.b.use_var(lane_vars[1]);
+                    let seen = self.b.ins().bor(seen, nan);
+                    self.b.def_var(lane_vars[1], seen);
                 }
                 Red::Sum | Red::Norm => {
-                    for (j, &lv) in lane_vars.iter().enumerate() {
-                        let e = self.b.ins().extractlane(v, j as u8);
-                        let w = self.b.ins().fpromote(types::F64, e);
+                    let halves = self.f32x4_halves_f64(v);
+                    for (&lv, w) in lane_vars.iter().zip(halves) {
                         let w = if red == Red::Norm {
                             self.b.ins().fmul(w, w)
                         } else {
@@ -2204,16 +2223,35 @@ impl Lower<'_, '_> {
                     let e = self.b.ins().extractlane(v, j as u8);
                     acc = self.red_combine(red, acc, e);
                 }
-                acc
+                let seen = self.b.use_var(lane_vars[1]);
+                let any = self.b.ins().vany_true(seen);
+                let at = self.b.func.dfg.value_type(acc);
+                let nan = self.fconst(at, f64::NAN);
+                self.b.ins().select(any, nan, acc)
             }
             Red::Sum | Red::Norm => {
-                let l: Vec<Value> = lane_vars.iter().map(|&v| self.b.use_var(v)).collect();
-                let a = self.b.ins().fadd(l[0], l[1]);
-                let b = self.b.ins().fadd(l[2], l[3]);
+                let lo = self.b.use_var(lane_vars[0]);
+                let hi = self.b.use_var(lane_vars[1]);
+                let s = self.b.ins().fadd(lo, hi);
+                let a = self.b.ins().extractlane(s, 0);
+                let b = self.b.ins().extractlane(s, 1);
                 let ab = self.b.ins().fadd(a, b);
                 self.b.ins().fadd(ab, tail)
             }
         }
+    }
+
+    /// The lanes of an f32x4 widened to f64: lanes 0–1 and lanes 2–3.
+    fn f32x4_halves_f64(&mut self, v: Value) -> [Value; 2] {
+        let lo = self.b.ins().fvpromote_low(v);
+        let le = MemFlagsData::new().with_endianness(cranelift_codegen::ir::Endianness::Little);
+        let bytes = self.b.ins().bitcast(types::I8X16, le, v);
+        let mask: Vec<u8> = (8..16).chain(8..16).collect();
+        let imm = self.b.func.dfg.immediates.push(mask.as_slice().into());
+        let up = self.b.ins().shuffle(bytes, bytes, imm);
+        let up = self.b.ins().bitcast(types::F32X4, le, up);
+        let hi = self.b.ins().fvpromote_low(up);
+        [lo, hi]
     }
 
     /// Whether axis `a` of a stage's index is an outer (row) loop index.

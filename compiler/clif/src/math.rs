@@ -80,8 +80,8 @@
 //!   exact, `e^r = 1 + r + r²·h(r)` with a near-minimax `h` (degree 5 for f32,
 //!   10 for f64) on `[-ln2/2, ln2/2]`, then `·2^k1·2^k2` with `k1 = round(k/2)`,
 //!   `k2 = k - k1`, each factor built by shifting `k + bias` into the exponent
-//!   field. The input is clamped first so that NaN survives (`fmin`/`fmax`
-//!   propagate NaN) and `k` stays small.
+//!   field. The input is clamped first, in a way that lets NaN through, so
+//!   that `k` stays small.
 //! * `expm1`: same reduction; `expm1(r) = r + r²·h(r)` (the same `h`), then
 //!   `2^k·expm1(r) + (2^k - 1)`, where `2^k - 1` is exact for the `k` at which
 //!   it matters, so there is no cancellation; `|x| < 2^-25` (2^-54) returns `x`.
@@ -482,6 +482,29 @@ impl<'a, 'f> Em<'a, 'f> {
         self.b.ins().fmax(a, b)
     }
 
+    /// `min(x, hi)` for a constant bound, passing NaN through. On vectors
+    /// the `hi < x ? hi : x` select is the pattern x86 lowers to one `minps`
+    /// (IEEE `fmin` needs a seven-instruction sequence for its ±0 and NaN
+    /// rules, which a clamp does not need).
+    fn clamp_hi(&mut self, x: Value, hi: Value) -> Value {
+        if self.is_vector() {
+            let m = self.cmp(FloatCC::LessThan, hi, x);
+            self.sel(m, hi, x)
+        } else {
+            self.min(x, hi)
+        }
+    }
+
+    /// `max(x, lo)` for a constant bound, passing NaN through (`maxps`).
+    fn clamp_lo(&mut self, x: Value, lo: Value) -> Value {
+        if self.is_vector() {
+            let m = self.cmp(FloatCC::LessThan, x, lo);
+            self.sel(m, lo, x)
+        } else {
+            self.max(x, lo)
+        }
+    }
+
     fn abs(&mut self, a: Value) -> Value {
         self.b.ins().fabs(a)
     }
@@ -584,8 +607,8 @@ impl<'a, 'f> Em<'a, 'f> {
         let c = self.c;
         let hi = self.f(c.exp_hi);
         let lo = self.f(c.exp_lo);
-        let xc = self.min(x, hi);
-        let xc = self.max(xc, lo);
+        let xc = self.clamp_hi(x, hi);
+        let xc = self.clamp_lo(xc, lo);
         let (k, r) = self.exp_reduce(xc);
         let q = self.expm1_poly(r);
         let one = self.f(1.0);
@@ -606,14 +629,14 @@ impl<'a, 'f> Em<'a, 'f> {
         let c = self.c;
         let hi = self.f(c.exp_hi);
         let lo = self.f(c.expm1_lo);
-        let xc = self.min(x, hi);
-        let xc = self.max(xc, lo);
+        let xc = self.clamp_hi(x, hi);
+        let xc = self.clamp_lo(xc, lo);
         let (k, r) = self.exp_reduce(xc);
         let q = self.expm1_poly(r);
         // 2^k·(1 + q) - 1 = 2^k·q + (2^k - 1): 2^k·q is exact and 2^k - 1 is
         // exact wherever it is not negligible, so nothing cancels.
         let kmax = self.f(c.kmax);
-        let kc = self.min(k, kmax);
+        let kc = self.clamp_hi(k, kmax);
         let s = self.pow2(kc);
         let one = self.f(1.0);
         let sm1 = self.sub(s, one);
@@ -732,7 +755,7 @@ impl<'a, 'f> Em<'a, 'f> {
         let c = self.c;
         let a = self.abs(x);
         let sat = self.f(c.tanh_sat);
-        let a = self.min(a, sat);
+        let a = self.clamp_hi(a, sat);
         let a2 = self.add(a, a);
         let e = self.expm1(a2);
         let two = self.f(2.0);
@@ -759,7 +782,7 @@ impl<'a, 'f> Em<'a, 'f> {
         let e = self.exp(na);
         let l = self.log1p(e);
         let zero = self.f(0.0);
-        let m = self.max(x, zero);
+        let m = self.clamp_lo(x, zero);
         self.add(m, l)
     }
 

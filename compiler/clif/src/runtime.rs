@@ -116,7 +116,68 @@ search_fn!(rt_searchsorted_f32, f32);
 search_fn!(rt_searchsorted_f64, f64);
 search_fn!(rt_searchsorted_i64, i64);
 
-/// `out[m, n] = a[m, k] @ b[k, n]`, accumulated in f64 in the interpreter's order.
+/// `out[m, n] = a[m, k] @ b[k, n]`, all row-major, through `gemm`'s
+/// SIMD kernels (picked at run time for this CPU).
+///
+/// Single-threaded: the driver already splits work across threads and calls
+/// a matmul from one of them, so nested parallelism would only oversubscribe.
+///
+/// # Safety
+/// `a`, `b` and `out` hold `m * k`, `k * n` and `m * n` elements, and `out`
+/// overlaps neither input.
+unsafe fn matmul<T: Copy + 'static>(
+    a: *const T,
+    b: *const T,
+    out: *mut T,
+    (m, k, n): (usize, usize, usize),
+    zero: T,
+    one: T,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        // An empty sum; `gemm` is not asked, so nothing depends on how it
+        // treats a zero-depth product.
+        // SAFETY: `out` holds `m * n` elements.
+        unsafe { std::slice::from_raw_parts_mut(out, m * n) }.fill(zero);
+        return;
+    }
+    // Strides are in elements: a row of `out` and `b` is `n` apart, of `a`
+    // `k` apart; columns are adjacent. `read_dst = false` overwrites `out`
+    // (whatever it held) with `one * a @ b`.
+    // SAFETY: the caller's contract; `gemm` reads and writes only within
+    // those extents for these strides.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            out,
+            1,
+            n as isize,
+            false,
+            a,
+            1,
+            k as isize,
+            b,
+            1,
+            n as isize,
+            zero,
+            one,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+/// f32 matmul accumulating in f32, as PyTorch and candle do (and unlike the
+/// interpreter, which sums in f64 then rounds): the blocked, vectorised
+/// summation order and the f32 partial sums make the result differ from the
+/// interpreter's by rounding only, well within the conformance tolerances,
+/// and the f64 detour would cost twice the memory traffic and half the lanes.
 unsafe extern "C" fn rt_matmul_f32(
     a: *const f32,
     b: *const f32,
@@ -125,30 +186,13 @@ unsafe extern "C" fn rt_matmul_f32(
     k: i64,
     n: i64,
 ) {
-    let (m, k, n) = (m as usize, k as usize, n as usize);
-    // SAFETY: the driver sized the buffers from the same resolved dims.
-    let (a, b, out) = unsafe {
-        (
-            std::slice::from_raw_parts(a, m * k),
-            std::slice::from_raw_parts(b, k * n),
-            std::slice::from_raw_parts_mut(out, m * n),
-        )
-    };
-    let mut row = vec![0.0f64; n];
-    for i in 0..m {
-        row.iter_mut().for_each(|r| *r = 0.0);
-        for p in 0..k {
-            let x = f64::from(a[i * k + p]);
-            for (r, &y) in row.iter_mut().zip(&b[p * n..(p + 1) * n]) {
-                *r += x * f64::from(y);
-            }
-        }
-        for (o, r) in out[i * n..(i + 1) * n].iter_mut().zip(&row) {
-            *o = *r as f32;
-        }
-    }
+    // SAFETY: the driver sized the buffers from the same resolved dims, and
+    // `out` is the node's own slot.
+    unsafe { matmul(a, b, out, (m as usize, k as usize, n as usize), 0.0, 1.0) }
 }
 
+/// f64 matmul; the summation order differs from the interpreter's, so the
+/// result may differ from it by rounding only.
 unsafe extern "C" fn rt_matmul_f64(
     a: *const f64,
     b: *const f64,
@@ -157,63 +201,141 @@ unsafe extern "C" fn rt_matmul_f64(
     k: i64,
     n: i64,
 ) {
-    let (m, k, n) = (m as usize, k as usize, n as usize);
     // SAFETY: as above.
-    let (a, b, out) = unsafe {
-        (
-            std::slice::from_raw_parts(a, m * k),
-            std::slice::from_raw_parts(b, k * n),
-            std::slice::from_raw_parts_mut(out, m * n),
-        )
+    unsafe { matmul(a, b, out, (m as usize, k as usize, n as usize), 0.0, 1.0) }
+}
+
+// Argsort sorts one packed integer per element, `key << index_bits | index`:
+// each key is mapped to an unsigned integer whose order is the wanted order
+// (NaN last either way, `desc` reversing the rest), and the index below it
+// breaks ties, so every packed value is distinct and an unstable sort gives
+// exactly the stable order the interpreter's `sort_by` gives. Sorting plain
+// integers, with no comparator call and no indirection into the input, is
+// what makes it fast.
+
+/// The order key of an f32: `partial_cmp` order (so -0 and +0 tie), NaN after
+/// everything in both directions.
+fn f32_key(x: f32, desc: bool) -> u32 {
+    if x.is_nan() {
+        return u32::MAX;
+    }
+    let bits = if x == 0.0 { 0 } else { x.to_bits() };
+    // Negative floats order backwards by their bits; flipping them all, and
+    // setting the sign bit of the positives, gives the numeric order.
+    let k = if bits >> 31 == 1 {
+        !bits
+    } else {
+        bits | (1 << 31)
     };
-    out.iter_mut().for_each(|o| *o = 0.0);
-    for i in 0..m {
-        for p in 0..k {
-            let x = a[i * k + p];
-            for j in 0..n {
-                out[i * n + j] += x * b[p * n + j];
-            }
-        }
-    }
+    // Every non-NaN key lies strictly between 0 and u32::MAX (±inf map to
+    // 0x007f_ffff and 0xff80_0000), so the complement stays below NaN's.
+    if desc { !k } else { k }
 }
 
-/// Stable argsort of each `(outer, inner)` line of `len` elements; NaN last in
-/// both directions, as in the interpreter.
-fn argsort_lines(
-    v: &dyn Fn(usize) -> f64,
+/// As `f32_key`, for f64.
+fn f64_key(x: f64, desc: bool) -> u64 {
+    if x.is_nan() {
+        return u64::MAX;
+    }
+    let bits = if x == 0.0 { 0 } else { x.to_bits() };
+    let k = if bits >> 63 == 1 {
+        !bits
+    } else {
+        bits | (1 << 63)
+    };
+    if desc { !k } else { k }
+}
+
+/// The order key of an i64, exact over the whole range.
+fn i64_key(x: i64, desc: bool) -> u64 {
+    let k = (x as u64) ^ (1 << 63);
+    if desc { !k } else { k }
+}
+
+/// Argsorts each `(outer, inner)` line of `len` elements of `x` into `out`,
+/// sorting the values `pack(x, position)` and reading each position back with
+/// `index`. One buffer serves every line, so a strided sort allocates once.
+fn argsort_lines<T: Copy, P: Ord + Copy>(
+    x: &[T],
     out: &mut [i64],
-    outer: usize,
-    len: usize,
-    inner: usize,
-    desc: bool,
+    (outer, len, inner): (usize, usize, usize),
+    pack: impl Fn(T, usize) -> P,
+    index: impl Fn(P) -> usize,
 ) {
-    let mut order: Vec<usize> = Vec::with_capacity(len);
-    for o in 0..outer {
-        for i in 0..inner {
-            let at = |k: usize| v(o * len * inner + k * inner + i);
-            order.clear();
-            order.extend(0..len);
-            order.sort_by(|&p, &q| {
-                let (a, b) = (at(p), at(q));
-                match (a.is_nan(), b.is_nan()) {
-                    (true, true) => std::cmp::Ordering::Equal,
-                    (true, false) => std::cmp::Ordering::Greater,
-                    (false, true) => std::cmp::Ordering::Less,
-                    _ => {
-                        let c = a.partial_cmp(&b).unwrap_or(std::cmp::Ordering::Equal);
-                        if desc { c.reverse() } else { c }
-                    }
+    let mut buf: Vec<P> = Vec::with_capacity(len);
+    for (xs, os) in x
+        .chunks_exact(len * inner)
+        .zip(out.chunks_exact_mut(len * inner))
+        .take(outer)
+    {
+        if inner == 1 {
+            buf.clear();
+            buf.extend(xs.iter().enumerate().map(|(k, &v)| pack(v, k)));
+            buf.sort_unstable();
+            for (o, &p) in os.iter_mut().zip(&buf) {
+                *o = index(p) as i64;
+            }
+        } else {
+            for i in 0..inner {
+                buf.clear();
+                buf.extend(
+                    xs[i..]
+                        .iter()
+                        .step_by(inner)
+                        .enumerate()
+                        .map(|(k, &v)| pack(v, k)),
+                );
+                buf.sort_unstable();
+                for (o, &p) in os[i..].iter_mut().step_by(inner).zip(&buf) {
+                    *o = index(p) as i64;
                 }
-            });
-            for (k, &p) in order.iter().enumerate() {
-                out[o * len * inner + k * inner + i] = p as i64;
             }
         }
     }
 }
 
+/// Argsort with a 32-bit key: packed in a u64 while positions fit in 32 bits
+/// (u64 sorts about twice as fast as u128), in a u128 beyond.
+fn argsort_key32<T: Copy>(
+    x: &[T],
+    out: &mut [i64],
+    dims: (usize, usize, usize),
+    key: impl Fn(T) -> u32,
+) {
+    if dims.1 as u64 <= 1 << 32 {
+        argsort_lines(
+            x,
+            out,
+            dims,
+            |v, k| (u64::from(key(v)) << 32) | k as u64,
+            |p| p as u32 as usize,
+        );
+    } else {
+        argsort_key64(x, out, dims, |v| u64::from(key(v)));
+    }
+}
+
+/// Argsort with a 64-bit key, packed in a u128.
+fn argsort_key64<T: Copy>(
+    x: &[T],
+    out: &mut [i64],
+    dims: (usize, usize, usize),
+    key: impl Fn(T) -> u64,
+) {
+    argsort_lines(
+        x,
+        out,
+        dims,
+        |v, k| (u128::from(key(v)) << 64) | k as u128,
+        |p| p as u64 as usize,
+    );
+}
+
+/// Stable argsort along the middle axis of `(outer, len, inner)`: ties keep
+/// position order, NaN goes last in both directions (as in the interpreter),
+/// `desc != 0` reverses the order of the rest.
 macro_rules! argsort_fn {
-    ($name:ident, $t:ty) => {
+    ($name:ident, $t:ty, $sort:ident, $key:ident) => {
         unsafe extern "C" fn $name(
             x: *const $t,
             out: *mut i64,
@@ -222,8 +344,11 @@ macro_rules! argsort_fn {
             inner: i64,
             desc: i64,
         ) {
-            let (outer, len, inner) = (outer as usize, len as usize, inner as usize);
-            let n = outer * len * inner;
+            let dims = (outer as usize, len as usize, inner as usize);
+            let n = dims.0 * dims.1 * dims.2;
+            if n == 0 {
+                return;
+            }
             // SAFETY: the driver sized both buffers from the same resolved dims.
             let (x, out) = unsafe {
                 (
@@ -231,15 +356,17 @@ macro_rules! argsort_fn {
                     std::slice::from_raw_parts_mut(out, n),
                 )
             };
-            #[allow(clippy::unnecessary_cast)]
-            argsort_lines(&|i| x[i] as f64, out, outer, len, inner, desc != 0);
+            let desc = desc != 0;
+            $sort(x, out, dims, |v| $key(v, desc));
         }
     };
 }
 
-argsort_fn!(rt_argsort_f32, f32);
-argsort_fn!(rt_argsort_f64, f64);
-argsort_fn!(rt_argsort_i64, i64);
+argsort_fn!(rt_argsort_f32, f32, argsort_key32, f32_key);
+argsort_fn!(rt_argsort_f64, f64, argsort_key64, f64_key);
+// Compared as integers, never through f64, so values beyond 2^53 that differ
+// by one still order correctly.
+argsort_fn!(rt_argsort_i64, i64, argsort_key64, i64_key);
 
 /// Records a fault (an index out of range, or an integer division by zero).
 unsafe extern "C" fn rt_fault(
@@ -371,4 +498,299 @@ pub fn lookup(name: &str) -> RtFn {
         .into_iter()
         .find(|f| f.name == name)
         .unwrap_or_else(|| panic!("internal: no runtime function `{name}`"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cmp::Ordering;
+
+    /// The interpreter's argsort: a stable comparator sort, NaN last both ways.
+    fn reference_f64(
+        x: &[f64],
+        (outer, len, inner): (usize, usize, usize),
+        desc: bool,
+    ) -> Vec<i64> {
+        let mut out = vec![0i64; x.len()];
+        for o in 0..outer {
+            for i in 0..inner {
+                let at = |k: usize| x[o * len * inner + k * inner + i];
+                let mut order: Vec<usize> = (0..len).collect();
+                order.sort_by(|&p, &q| {
+                    let (a, b) = (at(p), at(q));
+                    match (a.is_nan(), b.is_nan()) {
+                        (true, true) => Ordering::Equal,
+                        (true, false) => Ordering::Greater,
+                        (false, true) => Ordering::Less,
+                        _ => {
+                            let c = a.partial_cmp(&b).unwrap();
+                            if desc { c.reverse() } else { c }
+                        }
+                    }
+                });
+                for (k, &p) in order.iter().enumerate() {
+                    out[o * len * inner + k * inner + i] = p as i64;
+                }
+            }
+        }
+        out
+    }
+
+    fn argsort_f32(x: &[f32], (outer, len, inner): (usize, usize, usize), desc: bool) -> Vec<i64> {
+        let mut out = vec![-1i64; x.len()];
+        // SAFETY: both buffers hold outer * len * inner elements.
+        unsafe {
+            rt_argsort_f32(
+                x.as_ptr(),
+                out.as_mut_ptr(),
+                outer as i64,
+                len as i64,
+                inner as i64,
+                i64::from(desc),
+            )
+        };
+        out
+    }
+
+    fn argsort_f64(x: &[f64], (outer, len, inner): (usize, usize, usize), desc: bool) -> Vec<i64> {
+        let mut out = vec![-1i64; x.len()];
+        // SAFETY: as above.
+        unsafe {
+            rt_argsort_f64(
+                x.as_ptr(),
+                out.as_mut_ptr(),
+                outer as i64,
+                len as i64,
+                inner as i64,
+                i64::from(desc),
+            )
+        };
+        out
+    }
+
+    fn argsort_i64(x: &[i64], (outer, len, inner): (usize, usize, usize), desc: bool) -> Vec<i64> {
+        let mut out = vec![-1i64; x.len()];
+        // SAFETY: as above.
+        unsafe {
+            rt_argsort_i64(
+                x.as_ptr(),
+                out.as_mut_ptr(),
+                outer as i64,
+                len as i64,
+                inner as i64,
+                i64::from(desc),
+            )
+        };
+        out
+    }
+
+    /// Deterministic values drawn mostly from a small pool, so that ties,
+    /// NaN, infinities and both zeros all occur often.
+    fn mixed(n: usize, seed: u64) -> Vec<f64> {
+        const POOL: [f64; 9] = [
+            f64::NAN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            0.0,
+            -0.0,
+            1.5,
+            -1.5,
+            3.0,
+            f32::MIN_POSITIVE as f64,
+        ];
+        let mut s = seed | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                if s.is_multiple_of(3) {
+                    POOL[(s >> 8) as usize % POOL.len()]
+                } else {
+                    ((s >> 11) % 2001) as f64 / 16.0 - 62.5
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn argsort_ties_nan_inf_and_zeros_in_both_directions() {
+        let nan = f32::NAN;
+        let inf = f32::INFINITY;
+        let x = [2.0, nan, -inf, 0.0, 2.0, inf, -0.0, nan, -1.0, 2.0];
+        // Ties (2.0 at 0, 4, 9; -0 and +0 at 3, 6) keep position order; NaN
+        // (1, 7) goes last, in position order, both ways.
+        assert_eq!(
+            argsort_f32(&x, (1, 10, 1), false),
+            [2, 8, 3, 6, 0, 4, 9, 5, 1, 7]
+        );
+        assert_eq!(
+            argsort_f32(&x, (1, 10, 1), true),
+            [5, 0, 4, 9, 3, 6, 8, 2, 1, 7]
+        );
+        let x64: Vec<f64> = x.iter().map(|&v| f64::from(v)).collect();
+        assert_eq!(
+            argsort_f64(&x64, (1, 10, 1), false),
+            [2, 8, 3, 6, 0, 4, 9, 5, 1, 7]
+        );
+        assert_eq!(
+            argsort_f64(&x64, (1, 10, 1), true),
+            [5, 0, 4, 9, 3, 6, 8, 2, 1, 7]
+        );
+    }
+
+    #[test]
+    fn argsort_matches_the_interpreter_contiguous_and_strided() {
+        // (outer, len, inner): a single line, several contiguous lines, and
+        // strided lines with and without an outer axis.
+        for dims in [
+            (1, 257, 1),
+            (3, 64, 1),
+            (1, 50, 3),
+            (4, 33, 5),
+            (2, 1, 4),
+            (3, 0, 2),
+        ] {
+            let n = dims.0 * dims.1 * dims.2;
+            let x = mixed(n, n as u64 + 7);
+            let x32: Vec<f32> = x.iter().map(|&v| v as f32).collect();
+            for desc in [false, true] {
+                let want = reference_f64(&x, dims, desc);
+                assert_eq!(
+                    argsort_f64(&x, dims, desc),
+                    want,
+                    "f64 {dims:?} desc={desc}"
+                );
+                // Every pool value is f32-exact, so f32 must give the same order.
+                assert_eq!(
+                    argsort_f32(&x32, dims, desc),
+                    want,
+                    "f32 {dims:?} desc={desc}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn argsort_i64_is_exact_beyond_f64_precision() {
+        let m = i64::MAX;
+        // As f64 these are all 2^63 (or -2^63), so only an integer comparison
+        // orders them.
+        let x = [m, m - 1, i64::MIN + 1, m, i64::MIN, m - 2, 0];
+        assert_eq!(argsort_i64(&x, (1, 7, 1), false), [4, 2, 6, 5, 1, 0, 3]);
+        assert_eq!(argsort_i64(&x, (1, 7, 1), true), [0, 3, 1, 5, 6, 2, 4]);
+        // Strided: two interleaved lines of the same values, one negated.
+        let y: Vec<i64> = x.iter().flat_map(|&v| [v, v.wrapping_neg()]).collect();
+        let got = argsort_i64(&y, (1, 7, 2), false);
+        let even: Vec<i64> = got.iter().step_by(2).copied().collect();
+        assert_eq!(even, [4, 2, 6, 5, 1, 0, 3]);
+        // -(i64::MIN) wraps to i64::MIN, so position 4 stays first; the rest
+        // of the negated line reverses, with the two -MAX tied in order.
+        let odd: Vec<i64> = got.iter().skip(1).step_by(2).copied().collect();
+        assert_eq!(odd, [4, 0, 3, 1, 5, 6, 2]);
+    }
+
+    /// Each product entry, summed in f64, with the sum of its terms' magnitudes
+    /// (what a summation error bound scales with).
+    fn naive_matmul(a: &[f64], b: &[f64], (m, k, n): (usize, usize, usize)) -> Vec<(f64, f64)> {
+        let mut out = vec![(0.0, 0.0); m * n];
+        for i in 0..m {
+            for j in 0..n {
+                let terms = (0..k).map(|p| a[i * k + p] * b[p * n + j]);
+                out[i * n + j] = (terms.clone().sum(), terms.map(f64::abs).sum());
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn matmul_matches_a_naive_loop_at_odd_sizes() {
+        // Small and odd sizes, vectors on either side, and one past the
+        // kernels' register and cache blocks.
+        for (m, k, n) in [
+            (1, 1, 1),
+            (7, 13, 5),
+            (33, 17, 65),
+            (1, 100, 9),
+            (9, 100, 1),
+            (70, 3, 2),
+            (131, 517, 67),
+        ] {
+            // Finite and f32-exact, so both kernels multiply the same operands.
+            let finite = |seed, fill| -> Vec<f64> {
+                mixed(m.max(n) * k, seed)
+                    .into_iter()
+                    .map(|v| if v.abs() <= 64.0 { v } else { fill })
+                    .collect()
+            };
+            let (a, b) = (
+                finite(3, 0.5)[..m * k].to_vec(),
+                finite(5, -2.0)[..k * n].to_vec(),
+            );
+            let want = naive_matmul(&a, &b, (m, k, n));
+            // Any order of k additions errs by at most k/2 ulps of the magnitude
+            // sum, so this also allows for the reference's own f64 rounding.
+            let within =
+                |got: f64, (w, mag): (f64, f64), eps: f64| (got - w).abs() <= k as f64 * eps * mag;
+
+            let mut got = vec![f64::NAN; m * n];
+            // SAFETY: each buffer holds its operand's full extent.
+            unsafe {
+                rt_matmul_f64(
+                    a.as_ptr(),
+                    b.as_ptr(),
+                    got.as_mut_ptr(),
+                    m as i64,
+                    k as i64,
+                    n as i64,
+                )
+            };
+            for (&g, &w) in got.iter().zip(&want) {
+                assert!(within(g, w, f64::EPSILON), "f64 {m}x{k}x{n}: {g} vs {w:?}");
+            }
+
+            let a32: Vec<f32> = a.iter().map(|&v| v as f32).collect();
+            let b32: Vec<f32> = b.iter().map(|&v| v as f32).collect();
+            let mut got32 = vec![f32::NAN; m * n];
+            // SAFETY: as above.
+            unsafe {
+                rt_matmul_f32(
+                    a32.as_ptr(),
+                    b32.as_ptr(),
+                    got32.as_mut_ptr(),
+                    m as i64,
+                    k as i64,
+                    n as i64,
+                )
+            };
+            for (&g, &w) in got32.iter().zip(&want) {
+                let g = f64::from(g);
+                assert!(
+                    within(g, w, f64::from(f32::EPSILON)),
+                    "f32 {m}x{k}x{n}: {g} vs {w:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn matmul_with_empty_dims() {
+        // k = 0: an empty sum, so zeros over whatever the slot held.
+        let mut out = vec![f32::NAN; 6];
+        // SAFETY: `a` and `b` have no elements to read; `out` holds 2 * 3.
+        unsafe { rt_matmul_f32([].as_ptr(), [].as_ptr(), out.as_mut_ptr(), 2, 0, 3) };
+        assert_eq!(out, [0.0; 6]);
+        let mut out = vec![f64::NAN; 6];
+        // SAFETY: as above.
+        unsafe { rt_matmul_f64([].as_ptr(), [].as_ptr(), out.as_mut_ptr(), 3, 0, 2) };
+        assert_eq!(out, [0.0; 6]);
+        // m = 0 or n = 0: nothing to write (and `out` may be dangling).
+        let a = [1.0f64; 4];
+        let mut none: [f64; 0] = [];
+        // SAFETY: no element of `out` is touched.
+        unsafe {
+            rt_matmul_f64(a.as_ptr(), a.as_ptr(), none.as_mut_ptr(), 0, 2, 2);
+            rt_matmul_f64(a.as_ptr(), a.as_ptr(), none.as_mut_ptr(), 2, 2, 0);
+        }
+    }
 }

@@ -889,6 +889,12 @@ fn plan(g: &Graph, roots: &[Handle], fusion: bool) -> Schedule {
         for &a in needs_slot_args(&n.op) {
             p.stored[n.args[a].index()] = true;
         }
+        if let Op::SearchSorted { .. } = n.op {
+            // A binary search is log2(len) dependent loads into a table
+            // that may not fit in cache: computed once and stored, never
+            // recomputed in each kernel that reads it.
+            p.stored[i] = true;
+        }
         if let Op::Transpose(perm) = &n.op
             && fusion
             && perm.last().is_some_and(|&p| p + 1 != perm.len())

@@ -162,13 +162,24 @@ pub fn eval(op: &Op, args: &[&Tensor]) -> EvalResult {
         Op::Argsort { axis, descending } => {
             let (outer, len, inner) = split_axis(&x.shape, *axis);
             let v = x.to_f64_vec();
+            // Integers compare as integers: above 2^53 distinct values can
+            // share an f64 (NumPy and PyTorch compare them exactly).
+            let ints = match &x.data {
+                Data::I(v) => Some(v),
+                _ => None,
+            };
             let mut out = vec![0i64; x.len()];
             for o in 0..outer {
                 for i in 0..inner {
-                    let at = |k: usize| v[o * len * inner + k * inner + i];
+                    let flat = |k: usize| o * len * inner + k * inner + i;
+                    let at = |k: usize| v[flat(k)];
                     let mut order: Vec<usize> = (0..len).collect();
                     // Stable; NaN sorts last in both directions (as NumPy puts it last ascending).
                     order.sort_by(|&p, &q| {
+                        if let Some(iv) = ints {
+                            let c = iv[flat(p)].cmp(&iv[flat(q)]);
+                            return if *descending { c.reverse() } else { c };
+                        }
                         let (a, b) = (at(p), at(q));
                         match (a.is_nan(), b.is_nan()) {
                             (true, true) => std::cmp::Ordering::Equal,

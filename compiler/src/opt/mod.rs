@@ -9,7 +9,7 @@
 
 use crate::ir::verify::verify;
 use crate::ir::{Graph, Handle};
-use crate::ops::{BinaryOp, Op, Scalar};
+use crate::ops::{BinaryOp, Op, ReduceKind, Scalar, UnaryOp};
 
 pub fn optimize(g: &Graph) -> Result<Graph, String> {
     let g = simplify(g);
@@ -24,6 +24,58 @@ fn const_of(g: &Graph, h: Handle) -> Option<f64> {
         Op::Const(Scalar::F(v), _) => Some(*v),
         Op::Const(Scalar::I(v), _) => Some(*v as f64),
         _ => None,
+    }
+}
+
+/// `sum(scatter_add_along(zeros, idx, v), axis)` is `sum(v, axis)` (`v` itself
+/// for one index per line), also under a negation. The gradient of every
+/// `take_along`-based loss (cross-entropy and its weighted kin) has this
+/// shape inside the log-softmax VJP; without the rule the JIT spends a whole
+/// pass over each row summing a one-hot row. Applied only where a
+/// `take_along` on the same indices and axis exists, so a bad index is still
+/// reported by that gather.
+fn sum_of_scatter(
+    out: &mut Graph,
+    node: &crate::ir::Node,
+    x: Handle,
+    axes: &[usize],
+    keepdims: bool,
+) -> Option<Handle> {
+    let (inner, negate) = match &out.node(x).op {
+        Op::Unary(UnaryOp::Neg) => (out.node(x).args[0], true),
+        _ => (x, false),
+    };
+    let n = out.node(inner);
+    let Op::ScatterAddAlong(axis) = n.op else {
+        return None;
+    };
+    let (base, idx, vals) = (n.args[0], n.args[1], n.args[2]);
+    let zero_base = matches!(out.node(base).op, Op::Fill(Scalar::F(z), ..) if z == 0.0);
+    let gathered = out
+        .nodes
+        .iter()
+        .any(|m| matches!(m.op, Op::TakeAlong(a) if a == axis) && m.args[1] == idx);
+    if axes != [axis] || !zero_base || !gathered {
+        return None;
+    }
+    let sum = if out.ty(vals) == &node.ty {
+        vals
+    } else {
+        let op = Op::Reduce {
+            kind: ReduceKind::Sum,
+            axes: axes.to_vec(),
+            keepdims,
+        };
+        let h = out.push(op, vec![vals], node.span).ok()?;
+        if out.ty(h) != &node.ty {
+            return None;
+        }
+        h
+    };
+    if negate {
+        out.push(Op::Unary(UnaryOp::Neg), vec![sum], node.span).ok()
+    } else {
+        Some(sum)
     }
 }
 
@@ -118,6 +170,11 @@ pub fn simplify(g: &Graph) -> Graph {
             {
                 Some(args[0])
             }
+            Op::Reduce {
+                kind: ReduceKind::Sum,
+                axes,
+                keepdims,
+            } => sum_of_scatter(out, node, args[0], axes, *keepdims),
             Op::Cast(d) if out.ty(args[0]).dtype == *d => Some(args[0]),
             Op::Reshape(s) | Op::BroadcastTo(s) if &out.ty(args[0]).shape == s => Some(args[0]),
             _ => None,
