@@ -668,21 +668,6 @@ impl Lower<'_, '_> {
                 let zero = self.fconst(types::F32, 0.0);
                 self.b.ins().select(hit, one, zero)
             }
-            Op::SearchSorted { right } => {
-                let sorted = n.args[0];
-                let ssl = self.node_slot(sorted);
-                let len = self.dim(&g.ty(sorted).shape[0]);
-                let v = self.value(n.args[1], idx);
-                let v = self.widen(v);
-                let side = self.iconst(i64::from(*right));
-                let f = match g.ty(sorted).dtype {
-                    DType::F32 => "rt_searchsorted_f32",
-                    DType::F64 => "rt_searchsorted_f64",
-                    DType::I64 | DType::Bool => "rt_searchsorted_i64",
-                };
-                let p = self.bases[&ssl];
-                self.call(f, &[p, len, v, side]).expect("returns a value")
-            }
             Op::ScatterAddAlong(axis) if crate::schedule::unit_scatter(g, h, *axis) => {
                 // One index per line: `base + (idx == position ? value : 0)`;
                 // the range check is a `Check` stage.
@@ -702,6 +687,7 @@ impl Lower<'_, '_> {
             | Op::ScatterSet(_)
             | Op::MatMul
             | Op::Argsort { .. }
+            | Op::SearchSorted { .. }
             | Op::Cumsum { .. }
             | Op::LogCumSumExp { .. } => {
                 panic!("internal: {} {h} is computed by its own stage", n.op.name())
@@ -1592,6 +1578,20 @@ impl Lower<'_, '_> {
                 let (px, po) = (self.bases[&sx], self.bases[&out]);
                 self.call(f, &[px, po, outer, len, inner, desc]);
             }
+            Op::SearchSorted { right } => {
+                let (sorted, vals) = (n.args[0], n.args[1]);
+                let (ss, sv) = (self.node_slot(sorted), self.node_slot(vals));
+                let len = self.dim(&g.ty(sorted).shape[0]);
+                let m = self.numel(&g.ty(vals).shape);
+                let side = self.iconst(i64::from(*right));
+                let f = match g.ty(sorted).dtype {
+                    DType::F32 => "rt_searchsorted_f32",
+                    DType::F64 => "rt_searchsorted_f64",
+                    DType::I64 | DType::Bool => "rt_searchsorted_i64",
+                };
+                let (ps, pv, po) = (self.bases[&ss], self.bases[&sv], self.bases[&out]);
+                self.call(f, &[ps, len, pv, m, po, side]);
+            }
             Op::Cumsum { axis, reverse } | Op::LogCumSumExp { axis, reverse } => {
                 let log = matches!(n.op, Op::LogCumSumExp { .. });
                 let x = n.args[0];
@@ -1665,8 +1665,7 @@ impl Lower<'_, '_> {
             | Op::Reverse(_)
             | Op::TakeAlong(_)
             | Op::IndexSelect(_)
-            | Op::OneHot(_)
-            | Op::SearchSorted { .. } => {
+            | Op::OneHot(_) => {
                 panic!("internal: {} {h} is not a special stage", n.op.name())
             }
         }

@@ -160,8 +160,7 @@ pub fn class(g: &Graph, h: Handle) -> Class {
         | Op::Reverse(_)
         | Op::TakeAlong(_)
         | Op::IndexSelect(_)
-        | Op::OneHot(_)
-        | Op::SearchSorted { .. } => Class::Elementwise,
+        | Op::OneHot(_) => Class::Elementwise,
         Op::Reduce { .. } | Op::ArgMax(_) | Op::ArgMin(_) | Op::Norm { .. } => Class::Reduction,
         Op::ScatterAddAlong(a) => {
             if unit_scatter(g, h, *a) {
@@ -175,6 +174,7 @@ pub fn class(g: &Graph, h: Handle) -> Class {
         | Op::ScatterSet(_)
         | Op::MatMul
         | Op::Argsort { .. }
+        | Op::SearchSorted { .. }
         | Op::Cumsum { .. }
         | Op::LogCumSumExp { .. } => Class::Special,
     }
@@ -229,7 +229,7 @@ pub fn needs_slot_args(op: &Op) -> &'static [usize] {
         Op::MatMul => &[0, 1],
         Op::Argsort { .. } => &[0],
         Op::ScatterSet(_) => &[1],
-        Op::SearchSorted { .. } => &[0],
+        Op::SearchSorted { .. } => &[0, 1],
         _ => &[],
     }
 }
@@ -339,13 +339,6 @@ pub fn arg_index(g: &Graph, h: Handle, k: usize, idx: &[Ix]) -> Vec<Ix> {
             }
         }
         Op::OneHot(_) => idx[..idx.len() - 1].to_vec(),
-        Op::SearchSorted { .. } => {
-            if k == 0 {
-                vec![Ix::Other; ash.len()]
-            } else {
-                idx.to_vec()
-            }
-        }
         Op::ScatterAddAlong(axis) => {
             let mut out = idx.to_vec();
             if k > 0 {
@@ -370,6 +363,7 @@ pub fn arg_index(g: &Graph, h: Handle, k: usize, idx: &[Ix]) -> Vec<Ix> {
         | Op::ScatterSet(_)
         | Op::MatMul
         | Op::Argsort { .. }
+        | Op::SearchSorted { .. }
         | Op::Cumsum { .. }
         | Op::LogCumSumExp { .. } => vec![Ix::Other; ash.len()],
     }
@@ -632,7 +626,7 @@ fn op_cost(op: &Op) -> u32 {
             _ => 1,
         },
         Op::Rand(..) => 20,
-        Op::TakeAlong(_) | Op::IndexSelect(_) | Op::SearchSorted { .. } | Op::Pad { .. } => 4,
+        Op::TakeAlong(_) | Op::IndexSelect(_) | Op::Pad { .. } => 4,
         _ => 1,
     }
 }
@@ -888,12 +882,6 @@ fn plan(g: &Graph, roots: &[Handle], fusion: bool) -> Schedule {
         };
         for &a in needs_slot_args(&n.op) {
             p.stored[n.args[a].index()] = true;
-        }
-        if let Op::SearchSorted { .. } = n.op {
-            // A binary search is log2(len) dependent loads into a table
-            // that may not fit in cache: computed once and stored, never
-            // recomputed in each kernel that reads it.
-            p.stored[i] = true;
         }
         if let Op::Transpose(perm) = &n.op
             && fusion
