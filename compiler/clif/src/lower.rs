@@ -984,14 +984,8 @@ impl Lower<'_, '_> {
                     BinaryOp::Sub => self.b.ins().fsub(a, b),
                     BinaryOp::Mul => self.b.ins().fmul(a, b),
                     BinaryOp::Div => self.b.ins().fdiv(a, b),
-                    BinaryOp::Pow => {
-                        let f = if d == DType::F32 {
-                            "rt_pow_f32"
-                        } else {
-                            "rt_pow_f64"
-                        };
-                        self.call(f, &[a, b]).expect("returns a value")
-                    }
+                    BinaryOp::Pow => math::emit_pow_with(&mut self.b, a, b, self.target.math)
+                        .expect("f32 and f64 are supported"),
                     BinaryOp::Maximum | BinaryOp::Minimum => {
                         // Ties keep the first operand and NaN propagates, as in
                         // the reference kernel.
@@ -1744,8 +1738,8 @@ impl Lower<'_, '_> {
                     UnaryOp::IsFinite => arg_dt(0) == DType::F32,
                     u => arg_dt(0) == DType::F32 && math::is_inline(*u),
                 },
-                Op::Binary(b) => match arg_dt(0) {
-                    DType::F32 => *b != BinaryOp::Pow || self.small_power(n.args[1]).is_some(),
+                Op::Binary(_) => match arg_dt(0) {
+                    DType::F32 => true,
                     DType::Bool => true,
                     DType::F64 | DType::I64 => false,
                 },
@@ -1902,10 +1896,17 @@ impl Lower<'_, '_> {
                 }
             }
             Op::Binary(BinaryOp::Pow) => {
-                let k = self.small_power(n.args[1]).expect("`vectorizable` checked");
                 let a = self.vbvalue(n.args[0], idx, lane);
                 let a = self.fv(a);
-                self.power(a, k, DType::F32)
+                match self.small_power(n.args[1]) {
+                    Some(k) => self.power(a, k, DType::F32),
+                    None => {
+                        let y = self.vbvalue(n.args[1], idx, lane);
+                        let y = self.fv(y);
+                        math::emit_pow_with(&mut self.b, a, y, self.target.math)
+                            .expect("f32 lanes are supported")
+                    }
+                }
             }
             Op::Binary(op) => {
                 let a = self.vbvalue(n.args[0], idx, lane);

@@ -5,8 +5,8 @@
 //! lowering uses to import it and the JIT builder to register it.
 
 use crate::abi::{FAULT_DUPLICATE, FAULT_INDEX, Fault, Faults};
+use losslang_compiler::ops::UnaryOp;
 use losslang_compiler::ops::source::{rand_normal, uniform};
-use losslang_compiler::ops::{BinaryOp, UnaryOp};
 
 /// A scalar type in a runtime function's signature.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,14 +65,6 @@ unary_fns! {
     Cos => rt_cos_f32, rt_cos_f64;
     Atanh => rt_atanh_f32, rt_atanh_f64;
     Asinh => rt_asinh_f32, rt_asinh_f64;
-}
-
-extern "C" fn rt_pow_f32(x: f32, y: f32) -> f32 {
-    losslang_compiler::ops::elementwise::apply_f(BinaryOp::Pow, f64::from(x), f64::from(y)) as f32
-}
-
-extern "C" fn rt_pow_f64(x: f64, y: f64) -> f64 {
-    losslang_compiler::ops::elementwise::apply_f(BinaryOp::Pow, x, y)
 }
 
 extern "C" fn rt_rand_normal(seed: i64, step: i64, i: i64) -> f64 {
@@ -487,8 +479,6 @@ unsafe extern "C" fn rt_scatter_fault(
 use Arg::{F32, F64, I64, Ptr};
 
 const OTHER_FNS: &[(&str, &[Arg], &[Arg])] = &[
-    ("rt_pow_f32", &[F32, F32], &[F32]),
-    ("rt_pow_f64", &[F64, F64], &[F64]),
     ("rt_rand_normal", &[I64, I64, I64], &[F64]),
     ("rt_rand_uniform", &[I64, I64, I64], &[F64]),
     ("rt_matmul_f32", &[Ptr, Ptr, Ptr, I64, I64, I64], &[]),
@@ -506,8 +496,6 @@ const OTHER_FNS: &[(&str, &[Arg], &[Arg])] = &[
 
 fn other_addr(name: &str) -> *const u8 {
     match name {
-        "rt_pow_f32" => rt_pow_f32 as *const u8,
-        "rt_pow_f64" => rt_pow_f64 as *const u8,
         "rt_rand_normal" => rt_rand_normal as *const u8,
         "rt_rand_uniform" => rt_rand_uniform as *const u8,
         "rt_matmul_f32" => rt_matmul_f32 as *const u8,
