@@ -943,29 +943,18 @@ fn weighted_cox(c: &mut Criterion) {
 /// (the call with gradients; the forward-only set compiles on first use),
 /// for every stdlib file, bypassing the process's compile cache.
 fn compile_latency(c: &mut Criterion) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../stdlib");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .expect("stdlib")
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "loss"))
-        .collect();
-    files.sort();
     let mut g = c.benchmark_group("compile");
     g.sample_size(10)
         .warm_up_time(Duration::from_millis(200))
         .measurement_time(Duration::from_millis(600));
-    for f in files {
-        let text = std::fs::read_to_string(&f).expect("source");
-        if losslang_compiler::sema::scope::is_module(&text) {
-            continue;
-        }
-        let name = f.file_stem().expect("stem").to_string_lossy().to_string();
+    for (file, text) in losslang_runtime::loader::stdlib_losses() {
+        let name = file.trim_end_matches(".loss").to_string();
         g.bench_function(name.clone(), |b| {
             b.iter(|| {
                 let p = compile(
                     Source {
                         name: name.clone(),
-                        text: text.clone(),
+                        text: text.to_string(),
                     },
                     &FileLoader,
                     &CompileOptions::default(),

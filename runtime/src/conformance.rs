@@ -1,7 +1,10 @@
 //! Reading the conformance cases (`tests/conformance/cases`) and comparing with
 //! their references, shared by every backend's conformance test.
 
+use crate::io::read_npy;
+use losslang_compiler::backend::Executor;
 use losslang_compiler::ops::Scalar;
+use losslang_compiler::program::{Call, Program};
 use losslang_compiler::value::{DType, Tensor};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -107,4 +110,72 @@ pub fn steps(case: &Path) -> Vec<PathBuf> {
         steps.push(case.to_path_buf());
     }
     steps
+}
+
+/// Runs one step of a case on `exec` and compares loss, gradients, reports
+/// and new state with the references; returns the new state or what missed.
+pub fn run_step(
+    p: &Program,
+    exec: &dyn Executor,
+    dir: &Path,
+    state: Vec<(String, Tensor)>,
+) -> Result<Vec<(String, Tensor)>, String> {
+    let mut inputs = vec![];
+    for decl in &p.opt.inputs {
+        let f = dir.join("inputs").join(format!("{}.npy", decl.name));
+        inputs.push((
+            decl.name.clone(),
+            read_npy(&f, &decl.name).map_err(|e| e.to_string())?,
+        ));
+    }
+    let call = Call {
+        inputs,
+        params: params_of(&dir.join("params.json")),
+        state,
+        grads: true,
+        ..Call::default()
+    };
+    let env = p.bind(&call).map_err(|e| e.message)?;
+    let out = p.run_with(exec, &env, true, false).map_err(|e| e.message)?;
+    let exp = json(&dir.join("expected.json"));
+    let el = exp["loss"].as_f64().ok_or("expected loss")?;
+    close(&[out.loss], &[el], 0.0, 2e-4).map_err(|e| format!("loss: {e}"))?;
+    if let Value::Object(gs) = &exp["grads"] {
+        for (name, rel) in gs {
+            let want = read_npy(&dir.join(rel.as_str().ok_or("path")?), name)
+                .map_err(|e| e.to_string())?;
+            let got = out
+                .grads
+                .iter()
+                .find(|(n, _)| n == name)
+                .ok_or(format!("no gradient for {name}"))?;
+            if got.1.shape != want.shape {
+                return Err(format!(
+                    "grad {name}: shape {:?}, expected {:?}",
+                    got.1.shape, want.shape
+                ));
+            }
+            // The compiler's f32 gradient is compared after rounding, as a float32 file would hold it.
+            let g32: Vec<f64> = got
+                .1
+                .to_f64_vec()
+                .iter()
+                .map(|x| f64::from(*x as f32))
+                .collect();
+            close(&g32, &want.to_f64_vec(), 1e-3, 1e-5).map_err(|e| format!("grad {name}: {e}"))?;
+        }
+    }
+    if let Value::Object(st) = &exp["state"] {
+        for (k, v) in st {
+            let want = to_tensor(v);
+            let got = out
+                .state
+                .iter()
+                .find(|(n, _)| n == k)
+                .ok_or(format!("no state {k}"))?;
+            close(&got.1.to_f64_vec(), &want.to_f64_vec(), 0.0, 2e-4)
+                .map_err(|e| format!("state {k}: {e}"))?;
+        }
+    }
+    Ok(out.state)
 }

@@ -11,6 +11,16 @@ pub fn stdlib_source(name: &str) -> Option<&'static str> {
     STDLIB.iter().find(|(n, _)| *n == name).map(|(_, s)| *s)
 }
 
+/// The standard library's losses — the files that define a `loss`, not the
+/// modules of `fn`s — as (file name, source), in name order.
+pub fn stdlib_losses() -> Vec<(String, &'static str)> {
+    STDLIB
+        .iter()
+        .filter(|(_, text)| !losslang_compiler::sema::scope::is_module(text))
+        .map(|(name, text)| (format!("{name}.loss"), *text))
+        .collect()
+}
+
 pub struct FileLoader;
 
 impl Loader for FileLoader {

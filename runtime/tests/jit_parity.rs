@@ -7,12 +7,34 @@
 use losslang_compiler::backend::{Backend, Executor, Interp};
 use losslang_compiler::program::{Call, CompileOptions, Outputs, Program, compile};
 use losslang_compiler::sema::Source;
-use losslang_compiler::sema::scope::is_module;
 use losslang_compiler::value::Tensor;
-use losslang_runtime::loader::FileLoader;
+use losslang_runtime::loader::{FileLoader, stdlib_losses};
 use losslang_runtime::random::random_inputs;
 use std::collections::BTreeMap;
-use std::path::Path;
+
+/// Every standard-library loss, compiled.
+fn stdlib_programs() -> Vec<(String, Program)> {
+    stdlib_losses()
+        .into_iter()
+        .map(|(file, text)| {
+            let p = compile(
+                Source {
+                    name: file.clone(),
+                    text: text.to_string(),
+                },
+                &FileLoader,
+                &CompileOptions::default(),
+            )
+            .unwrap_or_else(|f| {
+                panic!(
+                    "{file}: {:?}",
+                    f.diags.iter().map(|d| &d.message).collect::<Vec<_>>()
+                )
+            });
+            (file, p)
+        })
+        .collect()
+}
 
 fn dims_for(p: &Program, size: i64) -> BTreeMap<String, i64> {
     let g = &p.opt;
@@ -76,39 +98,9 @@ fn agree(jit: &Outputs, interp: &Outputs) -> Result<(), String> {
 #[test]
 fn jit_matches_the_interpreter_on_every_stdlib_loss() {
     assert!(losslang_runtime::backends::available(Backend::Jit));
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../stdlib");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .expect("stdlib/ is readable")
-        .map(|e| e.expect("a directory entry").path())
-        .filter(|p| p.extension().is_some_and(|x| x == "loss"))
-        .collect();
-    files.sort();
     let mut failures = vec![];
     let mut checked = 0;
-    for path in files {
-        let text = std::fs::read_to_string(&path).expect("readable");
-        if is_module(&text) {
-            continue;
-        }
-        let file = path
-            .file_name()
-            .expect("name")
-            .to_string_lossy()
-            .to_string();
-        let p = compile(
-            Source {
-                name: file.clone(),
-                text,
-            },
-            &FileLoader,
-            &CompileOptions::default(),
-        )
-        .unwrap_or_else(|f| {
-            panic!(
-                "{file}: {:?}",
-                f.diags.iter().map(|d| &d.message).collect::<Vec<_>>()
-            )
-        });
+    for (file, p) in stdlib_programs() {
         for (size, seed, threads) in [(3, 1, 1), (13, 2, 1), (29, 3, 3)] {
             let dims = dims_for(&p, size);
             let inputs = match random_inputs(&p.opt, &dims, seed) {
@@ -155,33 +147,8 @@ fn jit_matches_the_interpreter_on_every_stdlib_loss() {
 fn borrowed_buffers_give_the_tensor_paths_bits_on_every_stdlib_loss() {
     use losslang_clif::array::{Array, View};
     use losslang_clif::loss::{Args, JitLoss, Outs};
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../stdlib");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .expect("stdlib/ is readable")
-        .map(|e| e.expect("a directory entry").path())
-        .filter(|p| p.extension().is_some_and(|x| x == "loss"))
-        .collect();
-    files.sort();
     let mut checked = 0;
-    for path in files {
-        let text = std::fs::read_to_string(&path).expect("readable");
-        if is_module(&text) {
-            continue;
-        }
-        let file = path
-            .file_name()
-            .expect("name")
-            .to_string_lossy()
-            .to_string();
-        let p = compile(
-            Source {
-                name: file.clone(),
-                text,
-            },
-            &FileLoader,
-            &CompileOptions::default(),
-        )
-        .unwrap_or_else(|_| panic!("{file} compiles"));
+    for (file, p) in stdlib_programs() {
         let loss = JitLoss::new(p).expect("compiles").with_threads(2);
         let p = loss.program();
         let g = &p.opt;
@@ -363,13 +330,6 @@ fn borrowed_buffers_are_checked_against_the_signature() {
 /// every stdlib loss (200 rows: 1, 2 and 3 threads really split).
 #[test]
 fn thread_count_does_not_change_the_bits_on_any_stdlib_loss() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../stdlib");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .expect("stdlib/ is readable")
-        .map(|e| e.expect("a directory entry").path())
-        .filter(|p| p.extension().is_some_and(|x| x == "loss"))
-        .collect();
-    files.sort();
     let bits = |o: &Outputs| -> Vec<u64> {
         let mut v = vec![o.loss.to_bits()];
         for (_, t) in o.grads.iter().chain(&o.state).chain(&o.reports) {
@@ -378,25 +338,7 @@ fn thread_count_does_not_change_the_bits_on_any_stdlib_loss() {
         v
     };
     let mut checked = 0;
-    for path in files {
-        let text = std::fs::read_to_string(&path).expect("readable");
-        if is_module(&text) {
-            continue;
-        }
-        let file = path
-            .file_name()
-            .expect("name")
-            .to_string_lossy()
-            .to_string();
-        let p = compile(
-            Source {
-                name: file.clone(),
-                text,
-            },
-            &FileLoader,
-            &CompileOptions::default(),
-        )
-        .unwrap_or_else(|_| panic!("{file} compiles"));
+    for (file, p) in stdlib_programs() {
         // 200 rows; every other size small, so that pairwise losses stay cheap.
         // State tables (one row per training example) keep 2·N rows.
         let mut dims = dims_for(&p, 7);

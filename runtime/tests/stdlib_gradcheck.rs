@@ -7,12 +7,10 @@
 use losslang_compiler::gradcheck::gradcheck;
 use losslang_compiler::program::{Call, CompileOptions, Program, compile};
 use losslang_compiler::sema::Source;
-use losslang_compiler::sema::scope::is_module;
 use losslang_compiler::value::{DType, Data, Tensor};
 use losslang_runtime::loader::FileLoader;
 use losslang_runtime::random::{Rng, random_inputs};
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::Instant;
 
 /// Finite-difference probes per differentiated input.
@@ -167,28 +165,11 @@ fn check(file: &str, text: &str) -> Result<String, String> {
 
 #[test]
 fn every_stdlib_gradient_matches_finite_differences() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../stdlib");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .expect("stdlib/ is readable")
-        .map(|e| e.expect("a directory entry").path())
-        .filter(|p| p.extension().is_some_and(|x| x == "loss"))
-        .collect();
-    files.sort();
     let mut checked = 0;
     let mut failures = vec![];
-    for path in files {
-        let file = path
-            .file_name()
-            .expect("a file name")
-            .to_string_lossy()
-            .to_string();
-        let text = std::fs::read_to_string(&path).expect("a readable .loss file");
-        if is_module(&text) {
-            println!("{file:<26} (module: no loss)");
-            continue;
-        }
+    for (file, text) in losslang_runtime::loader::stdlib_losses() {
         checked += 1;
-        match check(&file, &text) {
+        match check(&file, text) {
             Ok(line) => println!("{line}"),
             Err(line) => {
                 println!("{line}");
@@ -196,7 +177,7 @@ fn every_stdlib_gradient_matches_finite_differences() {
             }
         }
     }
-    assert!(checked > 0, "no stdlib loss found in {}", dir.display());
+    assert!(checked > 0, "no stdlib loss found");
     assert!(
         failures.is_empty(),
         "{} of {checked} stdlib losses fail the gradient check:\n{}",

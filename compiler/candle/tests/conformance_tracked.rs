@@ -230,65 +230,6 @@ fn all_cases(target: Target) {
     assert!(failures.is_empty(), "{} cases failed", failures.len());
 }
 
-/// Path (a) with the portable lowering: `Program::run_with` on `CandleExec`.
-fn exec_step(
-    p: &Program,
-    exec: &losslang_candle::CandleExec,
-    dir: &Path,
-    state: Vec<(String, Tensor)>,
-) -> Result<Vec<(String, Tensor)>, String> {
-    let mut inputs = vec![];
-    for decl in &p.opt.inputs {
-        let f = dir.join("inputs").join(format!("{}.npy", decl.name));
-        inputs.push((
-            decl.name.clone(),
-            read_npy(&f, &decl.name).map_err(|e| e.to_string())?,
-        ));
-    }
-    let call = Call {
-        inputs,
-        params: params_of(&dir.join("params.json")),
-        state,
-        grads: true,
-        ..Call::default()
-    };
-    let env = p.bind(&call).map_err(|e| e.message)?;
-    let out = p.run_with(exec, &env, true, false).map_err(|e| e.message)?;
-    let exp = json(&dir.join("expected.json"));
-    let el = exp["loss"].as_f64().ok_or("expected loss")?;
-    close(&[out.loss], &[el], 0.0, 2e-4).map_err(|e| format!("loss: {e}"))?;
-    if let Value::Object(gs) = &exp["grads"] {
-        for (name, rel) in gs {
-            let want = read_npy(&dir.join(rel.as_str().ok_or("path")?), name)
-                .map_err(|e| e.to_string())?;
-            let got = out
-                .grads
-                .iter()
-                .find(|(n, _)| n == name)
-                .ok_or(format!("no gradient for {name}"))?;
-            let g32: Vec<f64> = got
-                .1
-                .to_f64_vec()
-                .iter()
-                .map(|x| f64::from(*x as f32))
-                .collect();
-            close(&g32, &want.to_f64_vec(), 1e-3, 1e-5).map_err(|e| format!("grad {name}: {e}"))?;
-        }
-    }
-    if let Value::Object(st) = &exp["state"] {
-        for (k, v) in st {
-            let got = out
-                .state
-                .iter()
-                .find(|(n, _)| n == k)
-                .ok_or(format!("no state {k}"))?;
-            close(&got.1.to_f64_vec(), &to_tensor(v).to_f64_vec(), 0.0, 2e-4)
-                .map_err(|e| format!("state {k}: {e}"))?;
-        }
-    }
-    Ok(out.state)
-}
-
 #[test]
 fn conformance_exec_portable() {
     let cases = root().join("tests/conformance/cases/public");
@@ -341,7 +282,7 @@ fn conformance_exec_portable() {
             let mut state = state_of(&json(&steps[0].join("state.json")));
             let mut r = Ok(());
             for s in &steps {
-                match exec_step(&p, &exec, s, state.clone()) {
+                match losslang_runtime::conformance::run_step(&p, &exec, s, state.clone()) {
                     Ok(st) => state = st,
                     Err(e) => {
                         r = Err(e);

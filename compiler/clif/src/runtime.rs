@@ -604,83 +604,60 @@ mod tests {
         }
     }
 
-    /// The interpreter's argsort: a stable comparator sort, NaN last both ways.
+    /// The interpreter's argsort (its reference kernel), on `x` viewed as
+    /// `[outer, len, inner]`, sorting along the middle axis.
     fn reference_f64(
         x: &[f64],
         (outer, len, inner): (usize, usize, usize),
         desc: bool,
     ) -> Vec<i64> {
-        let mut out = vec![0i64; x.len()];
-        for o in 0..outer {
-            for i in 0..inner {
-                let at = |k: usize| x[o * len * inner + k * inner + i];
-                let mut order: Vec<usize> = (0..len).collect();
-                order.sort_by(|&p, &q| {
-                    let (a, b) = (at(p), at(q));
-                    match (a.is_nan(), b.is_nan()) {
-                        (true, true) => Ordering::Equal,
-                        (true, false) => Ordering::Greater,
-                        (false, true) => Ordering::Less,
-                        _ => {
-                            let c = a.partial_cmp(&b).unwrap();
-                            if desc { c.reverse() } else { c }
-                        }
-                    }
-                });
-                for (k, &p) in order.iter().enumerate() {
-                    out[o * len * inner + k * inner + i] = p as i64;
-                }
-            }
+        use losslang_compiler::ops::Op;
+        use losslang_compiler::value::{DType, Data, Tensor};
+        let t = Tensor::from_f64(DType::F64, vec![outer, len, inner], x.to_vec());
+        let op = Op::Argsort {
+            axis: 1,
+            descending: desc,
+        };
+        match op
+            .eval(&[&t], &|_| None)
+            .expect("the interpreter sorts")
+            .data
+        {
+            Data::I(v) => v,
+            _ => unreachable!("argsort gives indices"),
         }
-        out
     }
 
-    fn argsort_f32(x: &[f32], (outer, len, inner): (usize, usize, usize), desc: bool) -> Vec<i64> {
-        let mut out = vec![-1i64; x.len()];
-        // SAFETY: both buffers hold outer * len * inner elements.
-        unsafe {
-            rt_argsort_f32(
-                x.as_ptr(),
-                out.as_mut_ptr(),
-                outer as i64,
-                len as i64,
-                inner as i64,
-                i64::from(desc),
-            )
-        };
-        out
+    /// Runs one of the `rt_argsort_*` functions on `x`.
+    macro_rules! argsort_call {
+        ($f:ident, $x:expr, $dims:expr, $desc:expr) => {{
+            let (x, (outer, len, inner), desc) = ($x, $dims, $desc);
+            let mut out = vec![-1i64; x.len()];
+            // SAFETY: both buffers hold outer * len * inner elements.
+            unsafe {
+                $f(
+                    x.as_ptr(),
+                    out.as_mut_ptr(),
+                    outer as i64,
+                    len as i64,
+                    inner as i64,
+                    i64::from(desc),
+                )
+            };
+            out
+        }};
     }
 
-    fn argsort_f64(x: &[f64], (outer, len, inner): (usize, usize, usize), desc: bool) -> Vec<i64> {
-        let mut out = vec![-1i64; x.len()];
-        // SAFETY: as above.
-        unsafe {
-            rt_argsort_f64(
-                x.as_ptr(),
-                out.as_mut_ptr(),
-                outer as i64,
-                len as i64,
-                inner as i64,
-                i64::from(desc),
-            )
-        };
-        out
+    fn argsort_f32(x: &[f32], dims: (usize, usize, usize), desc: bool) -> Vec<i64> {
+        argsort_call!(rt_argsort_f32, x, dims, desc)
     }
 
-    fn argsort_i64(x: &[i64], (outer, len, inner): (usize, usize, usize), desc: bool) -> Vec<i64> {
-        let mut out = vec![-1i64; x.len()];
-        // SAFETY: as above.
-        unsafe {
-            rt_argsort_i64(
-                x.as_ptr(),
-                out.as_mut_ptr(),
-                outer as i64,
-                len as i64,
-                inner as i64,
-                i64::from(desc),
-            )
-        };
-        out
+    fn argsort_f64(x: &[f64], dims: (usize, usize, usize), desc: bool) -> Vec<i64> {
+        argsort_call!(rt_argsort_f64, x, dims, desc)
+    }
+
+    fn argsort_i64(x: &[i64], dims: (usize, usize, usize), desc: bool) -> Vec<i64> {
+        argsort_call!(rt_argsort_i64, x, dims, desc)
     }
 
     /// Deterministic values drawn mostly from a small pool, so that ties,
