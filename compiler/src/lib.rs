@@ -7,6 +7,7 @@ pub mod autodiff;
 pub mod backend;
 pub mod diag;
 pub mod dim;
+pub mod export;
 pub mod gradcheck;
 pub mod ir;
 pub mod kernels;

@@ -629,15 +629,7 @@ impl Program {
     pub fn node_error(&self, e: NodeError) -> RunError {
         let g = &self.opt;
         let node = g.node(e.node);
-        let (line, col) = self.line_of(node.span);
-        let snippet: String = self.sources[0]
-            .text
-            .get(node.span.start..node.span.end)
-            .unwrap_or("")
-            .chars()
-            .take(60)
-            .collect();
-        let at = format!("in `{snippet}` (line {line}, column {col})");
+        let at = self.error_site(e.node);
         match e.error {
             EvalError::Index {
                 value,
@@ -710,42 +702,29 @@ impl Program {
         }
     }
 
-    /// Follows an index value back to the input it was read from, mapping the position.
-    fn trace_input(&self, h: Handle, position: &[usize]) -> Option<(String, Vec<usize>)> {
+    /// The `in `snippet` (line L, column C)` part of a data error at `node`.
+    pub fn error_site(&self, node: Handle) -> String {
+        let span = self.opt.node(node).span;
+        let (line, col) = self.line_of(span);
+        let snippet: String = self.sources[0]
+            .text
+            .get(span.start..span.end)
+            .unwrap_or("")
+            .chars()
+            .take(60)
+            .collect();
+        format!("in `{snippet}` (line {line}, column {col})")
+    }
+
+    /// The input an index value is read from (through reshapes, casts, `where` and
+    /// arithmetic), the one a data error names.
+    pub fn index_source(&self, h: Handle) -> Option<usize> {
         let g = &self.opt;
         let mut cur = h;
         for _ in 0..64 {
             let n = g.node(cur);
             match &n.op {
-                Op::Input(k) => {
-                    let decl = &g.inputs[*k];
-                    // Same element count up to unit axes: the flat position carries over.
-                    let pos: Vec<usize> = position.to_vec();
-                    let idx_shape: Vec<Dim> = g.ty(h).shape.clone();
-                    let flat_ok = idx_shape.iter().filter(|d| !d.is_one()).count()
-                        == decl.ty.shape.iter().filter(|d| !d.is_one()).count();
-                    let p = if flat_ok {
-                        let nz: Vec<usize> = pos
-                            .iter()
-                            .zip(&idx_shape)
-                            .filter(|(_, d)| !d.is_one())
-                            .map(|(p, _)| *p)
-                            .collect();
-                        let mut out = vec![];
-                        let mut it = nz.into_iter();
-                        for d in &decl.ty.shape {
-                            out.push(if d.is_one() {
-                                0
-                            } else {
-                                it.next().unwrap_or(0)
-                            });
-                        }
-                        out
-                    } else {
-                        pos
-                    };
-                    return Some((decl.name.clone(), p));
-                }
+                Op::Input(k) => return Some(*k),
                 Op::Reshape(_) | Op::Cast(_) | Op::StopGrad | Op::BroadcastTo(_) => cur = n.args[0],
                 Op::Where => {
                     let a = n.args[1];
@@ -760,6 +739,37 @@ impl Program {
             }
         }
         None
+    }
+
+    /// Follows an index value back to the input it was read from, mapping the position.
+    fn trace_input(&self, h: Handle, position: &[usize]) -> Option<(String, Vec<usize>)> {
+        let g = &self.opt;
+        let decl = &g.inputs[self.index_source(h)?];
+        // Same element count up to unit axes: the flat position carries over.
+        let idx_shape: Vec<Dim> = g.ty(h).shape.clone();
+        let flat_ok = idx_shape.iter().filter(|d| !d.is_one()).count()
+            == decl.ty.shape.iter().filter(|d| !d.is_one()).count();
+        let p = if flat_ok {
+            let mut it = position
+                .iter()
+                .zip(&idx_shape)
+                .filter(|(_, d)| !d.is_one())
+                .map(|(p, _)| *p);
+            decl.ty
+                .shape
+                .iter()
+                .map(|d| {
+                    if d.is_one() {
+                        0
+                    } else {
+                        it.next().unwrap_or(0)
+                    }
+                })
+                .collect()
+        } else {
+            position.to_vec()
+        };
+        Some((decl.name.clone(), p))
     }
 }
 

@@ -47,6 +47,8 @@ enum Cmd {
     Bench(BenchArgs),
     /// Signature, params, state and doc comments.
     Doc(DocArgs),
+    /// Python source for PyTorch, JAX or NumPy that computes the loss and the compiler's gradient.
+    Export(ExportArgs),
 }
 
 #[derive(Args, Debug)]
@@ -196,6 +198,26 @@ struct DocArgs {
     common: Common,
 }
 
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum ExportTarget {
+    Torch,
+    Jax,
+    Numpy,
+}
+
+#[derive(Args, Debug)]
+struct ExportArgs {
+    file: PathBuf,
+    /// The framework of the generated module.
+    #[arg(long, value_enum)]
+    target: ExportTarget,
+    /// Write the module here (atomically) instead of to stdout.
+    #[arg(short = 'o', long = "out", value_name = "OUT.py")]
+    out: Option<PathBuf>,
+    #[command(flatten)]
+    common: Common,
+}
+
 /// A failure to report: a rendered message and an exit code.
 struct Fail {
     code: i32,
@@ -286,6 +308,7 @@ fn dispatch(ctx: &Ctx, cmd: Cmd, out: &mut dyn Write) -> Res<()> {
         Cmd::Gradcheck(a) => gradcheck(ctx, a, out),
         Cmd::Bench(a) => bench(ctx, a, out),
         Cmd::Doc(a) => doc(ctx, a, out),
+        Cmd::Export(a) => export(ctx, a, out),
     }
 }
 
@@ -1033,6 +1056,22 @@ fn elem_bytes(d: DType) -> usize {
         DType::F32 => 4,
         DType::F64 | DType::I64 => 8,
         DType::Bool => 1,
+    }
+}
+
+fn export(ctx: &Ctx, a: ExportArgs, out: &mut dyn Write) -> Res<()> {
+    use losslang_compiler::export::{Target, export};
+    let p = build(ctx, &a.file, &a.common, false)?;
+    let target = match a.target {
+        ExportTarget::Torch => Target::Torch,
+        ExportTarget::Jax => Target::Jax,
+        ExportTarget::Numpy => Target::Numpy,
+    };
+    let text = export(&p, target, &a.file.display().to_string());
+    match &a.out {
+        Some(path) => crate::io::write_file_atomic(path, |w| w.write_all(text.as_bytes()))
+            .map_err(|e| data_fail(ctx, e)),
+        None => write!(out, "{text}").map_err(|e| io_fail(ctx, e)),
     }
 }
 

@@ -1,7 +1,9 @@
-//! Every stage's text form (ast, ir, grad, opt, candle, sched, clif) for
+//! Every stage's text form (ast, ir, grad, opt, candle, sched, clif) and the
+//! generated part of the exported torch, jax and numpy modules for
 //! every `.loss` file in stdlib/, examples/ and compiler/tests/cases/ (found
 //! by glob: nothing is registered by hand). Module files (only `fn`s) get their ast snapshot.
 
+use losslang_compiler::export::{Target, generated};
 use losslang_compiler::ir::print::print;
 use losslang_compiler::program::{CompileOptions, compile};
 use losslang_compiler::sema::Source;
@@ -47,6 +49,12 @@ fn stages(path: &Path) {
     insta::assert_snapshot!("candle", candle);
     insta::assert_snapshot!("sched", losslang_clif::sched_text(&p.opt));
     insta::assert_snapshot!("clif", losslang_clif::clif_text(&p.opt));
+    for target in [Target::Torch, Target::Jax, Target::Numpy] {
+        insta::assert_snapshot!(
+            format!("export_{}", target.name()),
+            generated(&p, target, &file)
+        );
+    }
 }
 
 #[test]
