@@ -15,6 +15,7 @@ pub mod ops;
 pub mod opt;
 pub mod program;
 pub mod sema;
+pub mod shard;
 pub mod value;
 
 pub use program::{CompileOptions, Program, compile};

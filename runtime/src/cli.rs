@@ -142,6 +142,8 @@ enum Stage {
     Sched,
     Clif,
     Candle,
+    /// How the batch is split over ranks: each node's layout and collectives.
+    Shard,
 }
 
 #[derive(Args, Debug)]
@@ -214,6 +216,10 @@ struct ExportArgs {
     /// Write the module here (atomically) instead of to stdout.
     #[arg(short = 'o', long = "out", value_name = "OUT.py")]
     out: Option<PathBuf>,
+    /// The batch dim a distributed torch call shards (default: the leading dim of
+    /// the first `diff` input).
+    #[arg(long, value_name = "NAME")]
+    batch_dim: Option<String>,
     #[command(flatten)]
     common: Common,
 }
@@ -474,6 +480,16 @@ fn emit(ctx: &Ctx, a: EmitArgs, out: &mut dyn Write) -> Res<()> {
             }
         }
         Stage::Sched => losslang_clif::sched_text(&build(ctx, &a.file, &a.common, true)?.opt),
+        Stage::Shard => {
+            let p = build(ctx, &a.file, &a.common, true)?;
+            match losslang_compiler::shard::analyze(&p.opt, None) {
+                Some(plan) => losslang_compiler::shard::print(&p.opt, &plan),
+                None => {
+                    "; losslang shard v1\nno batch dim: no `diff` input with a named leading dim\n"
+                        .into()
+                }
+            }
+        }
         Stage::Clif => losslang_clif::clif_text(&build(ctx, &a.file, &a.common, true)?.opt),
         Stage::Candle => {
             let p = build(ctx, &a.file, &a.common, true)?;
@@ -1060,14 +1076,37 @@ fn elem_bytes(d: DType) -> usize {
 }
 
 fn export(ctx: &Ctx, a: ExportArgs, out: &mut dyn Write) -> Res<()> {
-    use losslang_compiler::export::{Target, export};
+    use losslang_compiler::export::{ExportOptions, Target, export_with};
     let p = build(ctx, &a.file, &a.common, false)?;
+    if let Some(b) = &a.batch_dim {
+        let known = p.opt.inputs.iter().any(|i| {
+            i.ty.shape
+                .iter()
+                .any(|d| *d == losslang_compiler::dim::Dim::sym(b))
+        });
+        if !known {
+            return Err(ctx.fail(
+                2,
+                &RunError {
+                    code: "L7004",
+                    message: format!(
+                        "--batch-dim {b}: no input of `{}` has a dim named `{b}`",
+                        p.opt.name
+                    ),
+                    help: Some("name a dim of the inputs' shapes, e.g. --batch-dim N".into()),
+                },
+            ));
+        }
+    }
     let target = match a.target {
         ExportTarget::Torch => Target::Torch,
         ExportTarget::Jax => Target::Jax,
         ExportTarget::Numpy => Target::Numpy,
     };
-    let text = export(&p, target, &a.file.display().to_string());
+    let opts = ExportOptions {
+        batch_dim: a.batch_dim.clone(),
+    };
+    let text = export_with(&p, target, &a.file.display().to_string(), &opts);
     match &a.out {
         Some(path) => crate::io::write_file_atomic(path, |w| w.write_all(text.as_bytes()))
             .map_err(|e| data_fail(ctx, e)),

@@ -49,6 +49,9 @@ fn stages(path: &Path) {
     insta::assert_snapshot!("candle", candle);
     insta::assert_snapshot!("sched", losslang_clif::sched_text(&p.opt));
     insta::assert_snapshot!("clif", losslang_clif::clif_text(&p.opt));
+    if let Some(plan) = losslang_compiler::shard::analyze(&p.opt, None) {
+        insta::assert_snapshot!("shard", losslang_compiler::shard::print(&p.opt, &plan));
+    }
     for target in [Target::Torch, Target::Jax, Target::Numpy] {
         insta::assert_snapshot!(
             format!("export_{}", target.name()),

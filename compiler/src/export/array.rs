@@ -125,11 +125,11 @@ impl Lower for ArrayApi {
                 .any(|&a| !matches!(p.g.node(a).op, Op::Const(..) | Op::DimSize(_)))
     }
 
-    fn expr(&self, p: &Plan, h: Handle, a: &[String]) -> String {
+    fn expr(&self, p: &Plan, h: Handle, op: &Op, a: &[String]) -> String {
         let ns = self.ns;
         let n = p.g.node(h);
         let names = &p.dim_names;
-        match &n.op {
+        match op {
             // ---- sources
             Op::Input(_) | Op::Param(_) | Op::State(_) => p.name(h).to_string(),
             Op::Const(..) | Op::DimSize(_) => self.materialize(&inline_text_of(p, h), n.ty.dtype),

@@ -28,10 +28,21 @@ def _position(k, shape, who, idx_units, in_units):
     return who, pos
 
 
-def _check_index(idx, size, lo, label, who, idx_units, in_units, at):
+def _agree(err, dist):
+    # Over ranks, every rank learns whether any found bad data and all raise
+    # together: none is left waiting in a collective.
+    if dist is not None:
+        err = dist.agree(err)
+    if err is not None:
+        raise err
+
+
+def _check_index(idx, size, lo, label, who, idx_units, in_units, at, dist=None):
     bad = _first_bad(idx, lo, size)
-    if bad is None:
-        return
+    _agree(None if bad is None else _index_error(bad, idx, size, label, who, idx_units, in_units, at), dist)
+
+
+def _index_error(bad, idx, size, label, who, idx_units, in_units, at):
     k, value = bad
     who, pos = _position(k, tuple(idx.shape), who, idx_units, in_units)
     where = (
@@ -40,30 +51,33 @@ def _check_index(idx, size, lo, label, who, idx_units, in_units, at):
         else f"index position [{', '.join(map(str, pos))}]"
     )
     dim = f"{label}={size}" if label is not None else f"size {size}"
-    raise DataError(
+    return DataError(
         "L6201",
         f"index {value} out of range for {dim} at {where} {at}",
         "indices must lie in 0..size; mask invalid ones first, e.g. take(x, where(valid, target, 0), axis=1)",
     )
 
 
-def _check_unique(idx, who, idx_units, in_units, at):
+def _check_unique(idx, who, idx_units, in_units, at, dist=None):
     dup = _first_dup(idx)
-    if dup is None:
-        return
+    _agree(None if dup is None else _dup_error(dup, idx, who, idx_units, in_units, at), dist)
+
+
+def _dup_error(dup, idx, who, idx_units, in_units, at):
     k, value = dup
     who, pos = _position(k, tuple(idx.shape), who, idx_units, in_units)
     where = f"{who}[{', '.join(map(str, pos))}]" if who is not None else f"position {pos}"
-    raise DataError(
+    return DataError(
         "L6202",
         f"id {value} appears twice (again at {where}) {at}",
         "ids of a state-table update must be unique within a call",
     )
 
 
-def _check_assert(cond, message):
-    if _is_concrete(cond) and not bool(cond):
-        raise DataError("L6110", message, "the data does not satisfy an `assert` of the program")
+def _check_assert(cond, message, dist=None):
+    failed = _is_concrete(cond) and not bool(cond)
+    err = DataError("L6110", message, "the data does not satisfy an `assert` of the program")
+    _agree(err if failed else None, dist)
 
 
 def _shape_txt(shape) -> str:
@@ -98,7 +112,7 @@ def _ty_txt(dtype, shape) -> str:
     return dtype + "[" + ", ".join(str(d) for d in shape) + "]"
 
 
-def _bind(inputs, params, state, dims):
+def _bind(inputs, params, state, dims, input_axes=None, unbound_ok=()):
     """Checks the call against SIGNATURE with the CLI's messages; returns the
     arrays in declaration order (converted where the CLI converts), the param
     values and the bound dims."""
@@ -117,7 +131,7 @@ def _bind(inputs, params, state, dims):
     dims = {k: int(v) for k, v in (dims or {}).items()}
     bound_by = {k: "dims=" for k in dims}
     arrays = []
-    for decl, axes in zip(SIGNATURE["inputs"], _INPUT_AXES):
+    for decl, axes in zip(SIGNATURE["inputs"], input_axes or _INPUT_AXES):
         n = decl["name"]
         ty = _ty_txt(decl["dtype"], decl["shape"])
         if n not in inputs:
@@ -169,7 +183,7 @@ def _bind(inputs, params, state, dims):
         _bind_axes("state", n, x.shape, axes, dims, bound_by)
         svals.append(x)
     for d in _DIMS:
-        if d not in dims:
+        if d not in dims and d not in unbound_ok:
             raise DataError(
                 "L6109",
                 f"the size `{d}` is not bound by any input or state",

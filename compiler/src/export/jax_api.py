@@ -19,13 +19,17 @@ def _typed(values, decls, F):
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _core(meta, *args):
     dims, checks, F, dtypes = meta
-    loss, new_state, reports, _ = _forward(*args, _dims=dict(dims), _checks=checks, _dev=None, _F=F)
+    loss, new_state, reports, _ = _forward(
+        *args, _dims=dict(dims), _checks=checks, _dev=None, _F=F, _dist=None
+    )
     return loss, tuple(new_state), tuple(reports)
 
 
 def _core_fwd(meta, *args):
     dims, checks, F, dtypes = meta
-    loss, new_state, reports, saved = _forward(*args, _dims=dict(dims), _checks=checks, _dev=None, _F=F)
+    loss, new_state, reports, saved = _forward(
+        *args, _dims=dict(dims), _checks=checks, _dev=None, _F=F, _dist=None
+    )
     return (loss, tuple(new_state), tuple(reports)), tuple(saved)
 
 
@@ -35,7 +39,7 @@ def _core_bwd(meta, res, cot):
     dims, checks, F, dtypes = meta
     saved = res
     g_loss = cot[0]
-    grads = _backward(*saved, _dims=dict(dims), _dev=None, _F=F)
+    grads = _backward(*saved, _dims=dict(dims), _dev=None, _F=F, _dist=None)
     out = [None] * len(dtypes)
     for k, g in zip(_DIFF, grads):
         out[k] = (g * g_loss).astype(dtypes[k])
@@ -64,7 +68,7 @@ def init_state(dims=None, device=None, params=None):
             )
     pvals = [_param_value(d, (params or {}).get(d["name"], d["default"])) for d in SIGNATURE["params"]]
     vals = _init_values(
-        *_typed(pvals, SIGNATURE["params"], jnp.float32), _dims=dims, _dev=None, _F=jnp.float32
+        *_typed(pvals, SIGNATURE["params"], jnp.float32), _dims=dims, _dev=None, _F=jnp.float32, _dist=None
     )
     return {d["name"]: v for d, v in zip(SIGNATURE["state"], _typed(vals, SIGNATURE["state"], jnp.float32))}
 
@@ -77,7 +81,7 @@ def loss_fn(inputs, params=None, state=None, *, checks=True, dims=None):
     args = [x.astype(F) if d["dtype"] == "f32" else x for d, x in zip(SIGNATURE["inputs"], arrays)]
     pts = _typed(pvals, SIGNATURE["params"], F)
     if any(v is None for v in svals):
-        init = _init_values(*pts, _dims=bound, _dev=None, _F=F)
+        init = _init_values(*pts, _dims=bound, _dev=None, _F=F, _dist=None)
         svals = [v if v is not None else i for v, i in zip(svals, init)]
     sts = _typed(svals, SIGNATURE["state"], F)
     # static: sizes, flags and dtypes (as names) key the trace

@@ -18,11 +18,13 @@ mod torch;
 
 use crate::dim::Dim;
 use crate::ir::Handle;
-use crate::ops::{Op, Scalar};
+use crate::ops::{Op, ReduceKind, Scalar};
 use crate::program::Program;
+use crate::shard::Layout;
 use crate::value::DType;
 pub use plan::Plan;
 use pyfmt::{dim_py, py_str, scalar_py};
+use std::collections::HashMap;
 use std::fmt::Write;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,8 +46,9 @@ impl Target {
 
 /// What differs between targets when the shared layout writes a node.
 pub(crate) trait Lower {
-    /// The expression computing node `h` from its arguments' expressions.
-    fn expr(&self, p: &Plan, h: Handle, args: &[String]) -> String;
+    /// The expression computing node `h` (as `op`: the shard plan may give the
+    /// rank's local sizes) from its arguments' expressions.
+    fn expr(&self, p: &Plan, h: Handle, op: &Op, args: &[String]) -> String;
     /// A constant or size that must be an array of its own (a result, or the
     /// argument of a function that takes no Python numbers).
     fn materialize(&self, lit: &str, dtype: DType) -> String;
@@ -53,10 +56,22 @@ pub(crate) trait Lower {
     fn inline_ok(&self, p: &Plan, user: Handle) -> bool;
 }
 
+/// Choices of `lossc export` beyond the target.
+#[derive(Clone, Debug, Default)]
+pub struct ExportOptions {
+    /// The batch dim a distributed torch call shards (default: the leading dim
+    /// of the first `diff` input).
+    pub batch_dim: Option<String>,
+}
+
 /// The Python module for `prog` on `target`. `source` names the `.loss` file in
 /// the header comment.
 pub fn export(prog: &Program, target: Target, source: &str) -> String {
-    let (header, generated) = parts(prog, target, source);
+    export_with(prog, target, source, &ExportOptions::default())
+}
+
+pub fn export_with(prog: &Program, target: Target, source: &str, opts: &ExportOptions) -> String {
+    let (header, generated) = parts(prog, target, source, opts);
     // The fragments are separate files (formatted on their own); two blank lines
     // join them as between top-level definitions.
     let fragments = [
@@ -86,13 +101,15 @@ pub fn export(prog: &Program, target: Target, source: &str) -> String {
 /// the three functions), without the fixed helpers every module of a target
 /// shares: the part worth a snapshot.
 pub fn generated(prog: &Program, target: Target, source: &str) -> String {
-    let (mut header, generated) = parts(prog, target, source);
+    let (mut header, generated) = parts(prog, target, source, &ExportOptions::default());
     header.push_str(&generated);
     header
 }
 
-fn parts(prog: &Program, target: Target, source: &str) -> (String, String) {
-    let p = Plan::new(prog);
+fn parts(prog: &Program, target: Target, source: &str, opts: &ExportOptions) -> (String, String) {
+    // Only the torch module runs over ranks (torch.distributed).
+    let batch = (target == Target::Torch).then_some(opts.batch_dim.as_deref());
+    let p = Plan::new(prog, batch);
     let mut header = String::new();
     let g = p.g;
     let _ = writeln!(
@@ -218,10 +235,17 @@ fn signature(p: &Plan, out: &mut String) {
         "_DIMS = [{}]",
         p.dims
             .iter()
+            .filter(|d| p.shard.as_ref().is_none_or(|sp| **d != sp.local))
             .map(|d| py_str(d))
             .collect::<Vec<_>>()
             .join(", ")
     );
+    // The batch dim and the name of a rank's share of it (distributed torch calls).
+    let (batch, local) = match &p.shard {
+        Some(sp) => (py_str(&sp.batch), py_str(&sp.local)),
+        None => ("None".into(), "None".into()),
+    };
+    let _ = writeln!(out, "_BATCH = {batch}\n_LOCAL = {local}");
     let _ = writeln!(
         out,
         "_DIFF = [{}]",
@@ -272,47 +296,142 @@ pub(crate) fn inline_text_of(p: &Plan, h: Handle) -> String {
     }
 }
 
-/// Writes the lines computing `nodes` (in order) into `out`.
-fn body(
-    p: &Plan,
-    lower: &dyn Lower,
-    nodes: &[Handle],
-    roots: &[Handle],
-    checks: bool,
-    out: &mut String,
-) {
-    let g = p.g;
-    let arg_text = |a: Handle| -> String {
-        if is_inline(p, lower, a, roots) {
-            inline_text_of(p, a)
+/// Writes the lines of one Python function, converting values between the
+/// layouts of the shard plan (torch: a no-op without a process group).
+struct Emitter<'a, 'p> {
+    p: &'a Plan<'p>,
+    lower: &'a dyn Lower,
+    roots: &'a [Handle],
+    /// Converted values already written in this function.
+    memo: HashMap<(Handle, Layout), String>,
+}
+
+impl Emitter<'_, '_> {
+    fn layout(&self, h: Handle) -> Layout {
+        self.p.layout(h)
+    }
+
+    fn text(&self, a: Handle) -> String {
+        if is_inline(self.p, self.lower, a, self.roots) {
+            inline_text_of(self.p, a)
         } else {
-            p.name(a).to_string()
+            self.p.name(a).to_string()
         }
-    };
-    for &h in nodes {
-        let n = g.node(h);
-        if matches!(n.op, Op::Input(_) | Op::Param(_) | Op::State(_)) {
-            continue;
+    }
+
+    /// `h`'s value in layout `want`, writing the conversion first when it needs one.
+    fn value(&mut self, h: Handle, want: Layout, out: &mut String) -> String {
+        let have = self.layout(h);
+        let base = self.text(h);
+        if have == want {
+            return base;
         }
-        if is_inline(p, lower, h, roots) {
-            continue;
+        if let Some(v) = self.memo.get(&(h, want)) {
+            return v.clone();
         }
-        if let Some((name, line, text)) = p.bound.get(&h) {
-            let _ = writeln!(out, "    # line {line}: {text}");
-            let _ = name;
+        let n = self.p.g.node(h);
+        let (name, rhs) = match (have, want) {
+            (Some(x), None) => (
+                format!("{base}__full"),
+                format!("_gather({base}, {x}, _dist)"),
+            ),
+            (None, Some(y)) => {
+                let rhs = match &n.op {
+                    // a filled array is made at the rank's size, never at the batch's
+                    Op::Fill(..) => {
+                        let local = self.p.localized(h, Some(y));
+                        self.lower.expr(self.p, h, &local, &[])
+                    }
+                    _ => format!("_local({base}, {y}, _dist)"),
+                };
+                (format!("{base}__local"), rhs)
+            }
+            (Some(x), Some(y)) => (
+                format!("{base}__local{y}"),
+                format!("_local(_gather({base}, {x}, _dist), {y}, _dist)"),
+            ),
+            (None, None) => unreachable!("equal layouts need no conversion"),
+        };
+        let _ = writeln!(out, "    {name} = {rhs}");
+        self.memo.insert((h, want), name.clone());
+        name
+    }
+
+    fn nodes(&mut self, nodes: &[Handle], checks: bool, out: &mut String) {
+        let p = self.p;
+        let g = p.g;
+        for &h in nodes {
+            let n = g.node(h);
+            if matches!(n.op, Op::Input(_) | Op::Param(_) | Op::State(_)) {
+                continue;
+            }
+            if is_inline(p, self.lower, h, self.roots) {
+                continue;
+            }
+            if let Some((_, line, text)) = p.bound.get(&h) {
+                let _ = writeln!(out, "    # line {line}: {text}");
+            }
+            let shard = p.shard_of(h);
+            let wants: Vec<Layout> = match shard {
+                Some(s) => s.want.clone(),
+                None => vec![None; n.args.len()],
+            };
+            let args: Vec<String> = n
+                .args
+                .iter()
+                .zip(&wants)
+                .map(|(&a, &w)| self.value(a, w, out))
+                .collect();
+            if checks {
+                index_check(p, h, &args, out);
+            }
+            let op = shard.map_or(&n.op, |s| &s.op);
+            let rhs = match shard {
+                // a norm over local rows: ranks add their sums of squares
+                Some(s) if s.reduce.is_some() && matches!(op, Op::Norm { .. }) => {
+                    let Op::Norm { axes, keepdims } = op else {
+                        unreachable!("matched a norm")
+                    };
+                    let sq = Op::Reduce {
+                        kind: ReduceKind::Sum,
+                        axes: axes.clone(),
+                        keepdims: *keepdims,
+                    };
+                    let sq_arg = format!("{0} * {0}", args[0]);
+                    format!(
+                        "torch.sqrt(_all_reduce({}, \"sum\", _dist))",
+                        self.lower.expr(p, h, &sq, &[sq_arg])
+                    )
+                }
+                Some(s) if s.reduce.is_some() => format!(
+                    "_all_reduce({}, \"{}\", _dist)",
+                    self.lower.expr(p, h, op, &args),
+                    match s.reduce {
+                        Some(ReduceKind::Max) => "max",
+                        Some(ReduceKind::Min) => "min",
+                        _ => "sum",
+                    }
+                ),
+                // local rows added into a replicated table: the sum over ranks is added once
+                Some(s) if s.partial_add => {
+                    let zero = format!("torch.zeros_like({})", args[0]);
+                    let local = [zero, args[1].clone(), args[2].clone()];
+                    format!(
+                        "{} + _all_reduce({}, \"sum\", _dist)",
+                        args[0],
+                        self.lower.expr(p, h, op, &local)
+                    )
+                }
+                _ => self.lower.expr(p, h, op, &args),
+            };
+            let _ = writeln!(out, "    {} = {}", p.name(h), rhs);
         }
-        if checks {
-            index_check(p, h, &arg_text, out);
-        }
-        let args: Vec<String> = n.args.iter().map(|&a| arg_text(a)).collect();
-        let rhs = lower.expr(p, h, &args);
-        let _ = writeln!(out, "    {} = {}", p.name(h), rhs);
     }
 }
 
 /// The data check before an index op: the CLI's message for an index out of
 /// range (and for an id given twice to a table update).
-fn index_check(p: &Plan, h: Handle, arg_text: &dyn Fn(Handle) -> String, out: &mut String) {
+fn index_check(p: &Plan, h: Handle, args: &[String], out: &mut String) {
     let g = p.g;
     let n = g.node(h);
     let (idx_pos, axis_dim, lo) = match &n.op {
@@ -369,14 +488,14 @@ fn index_check(p: &Plan, h: Handle, arg_text: &dyn Fn(Handle) -> String, out: &m
     let at = py_str(&p.prog.error_site(h));
     let _ = writeln!(
         out,
-        "    if _checks:\n        _check_index({}, {size}, {lo}, {label}, {who}, {idx_units}, {in_units}, {at})",
-        arg_text(idx)
+        "    if _checks:\n        _check_index({}, {size}, {lo}, {label}, {who}, {idx_units}, {in_units}, {at}, _dist)",
+        args[idx_pos]
     );
     if matches!(n.op, Op::ScatterSet(_)) {
         let _ = writeln!(
             out,
-            "        _check_unique({}, {who}, {idx_units}, {in_units}, {at})",
-            arg_text(idx)
+            "        _check_unique({}, {who}, {idx_units}, {in_units}, {at}, _dist)",
+            args[idx_pos]
         );
     }
 }
@@ -414,6 +533,7 @@ fn functions(p: &Plan, lower: &dyn Lower, out: &mut String) {
     sig.extend(p.param_names.iter().cloned());
     sig.extend(p.state_names.iter().cloned());
     let kw = "*, _dims, _checks, _dev, _F";
+    let _ = kw;
 
     // The forward pass.
     let mut roots: Vec<Handle> = vec![g.loss()];
@@ -423,25 +543,32 @@ fn functions(p: &Plan, lower: &dyn Lower, out: &mut String) {
     roots.extend(p.saved.iter().copied());
     let _ = writeln!(
         out,
-        "def _forward({}{}{kw}):",
+        "def _forward({}{}{kw}, _dist):",
         sig.join(", "),
         if sig.is_empty() { "" } else { ", " }
     );
     out.push_str("    \"\"\"Loss, new state, reports and the values the gradient reads.\"\"\"\n");
     dims_prologue(p, None, out);
-    body(p, lower, &p.forward, &roots, true, out);
+    let mut em = Emitter {
+        p,
+        lower,
+        roots: &roots,
+        memo: HashMap::new(),
+    };
+    em.nodes(&p.forward, true, out);
     for c in &g.checks {
         let (line, _) = line_col(p.prog, c.span);
+        let cond = em.value(c.cond, None, out);
         let _ = writeln!(
             out,
-            "    if _checks:\n        _check_assert({}, {})",
-            p.name(c.cond),
+            "    if _checks:\n        _check_assert({cond}, {}, _dist)",
             py_str(&format!("{} (line {line})", c.message))
         );
     }
+    // New state is replicated: identical on every rank.
     let mut new_state: Vec<String> = p.state_names.clone();
     for u in &g.updates {
-        new_state[u.state] = p.name(u.value).to_string();
+        new_state[u.state] = em.value(u.value, None, out);
     }
     let reports: Vec<String> = g
         .reports
@@ -460,7 +587,7 @@ fn functions(p: &Plan, lower: &dyn Lower, out: &mut String) {
 
     // The backward pass: the compiler's gradient graph, from the saved values.
     let mut bsig = saved.clone();
-    bsig.push("*, _dims, _dev, _F".into());
+    bsig.push("*, _dims, _dev, _F, _dist".into());
     let _ = writeln!(out, "def _backward({}):", bsig.join(", "));
     out.push_str("    \"\"\"The gradient of the loss for each `diff` input (the compiler's gradient graph).\"\"\"\n");
     let grad_roots: Vec<Handle> = g.grads.iter().map(|(_, h)| *h).collect();
@@ -485,21 +612,38 @@ fn functions(p: &Plan, lower: &dyn Lower, out: &mut String) {
     let mut bnodes = recompute;
     bnodes.extend(p.backward.iter().copied());
     dims_prologue(p, None, out);
-    body(p, lower, &bnodes, &grad_roots, false, out);
-    let grads: Vec<String> = grad_roots.iter().map(|&h| p.name(h).to_string()).collect();
+    let mut em = Emitter {
+        p,
+        lower,
+        roots: &grad_roots,
+        memo: HashMap::new(),
+    };
+    em.nodes(&bnodes, false, out);
+    // Each gradient in its input's layout: a rank's rows of a sharded input.
+    let grads: Vec<String> = g
+        .grads
+        .iter()
+        .map(|&(k, h)| em.value(h, p.input_layout(k), out))
+        .collect();
     let _ = writeln!(out, "    return {}\n\n", py_tuple(&grads));
 
     // The initial state, from the params (and the dims of state tables).
     let _ = writeln!(
         out,
-        "def _init_values({}{}*, _dims, _dev, _F):",
+        "def _init_values({}{}*, _dims, _dev, _F, _dist):",
         p.param_names.join(", "),
         if p.param_names.is_empty() { "" } else { ", " }
     );
     out.push_str("    \"\"\"The initial value of every state, in declaration order.\"\"\"\n");
     dims_prologue(p, Some(&p.init), out);
     let init_roots: Vec<Handle> = g.states.iter().map(|s| s.init).collect();
-    body(p, lower, &p.init, &init_roots, false, out);
+    let mut em = Emitter {
+        p,
+        lower,
+        roots: &init_roots,
+        memo: HashMap::new(),
+    };
+    em.nodes(&p.init, false, out);
     let inits: Vec<String> = init_roots.iter().map(|&h| p.name(h).to_string()).collect();
     let _ = writeln!(out, "    return {}\n\n", py_tuple(&inits));
 }

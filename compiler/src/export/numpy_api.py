@@ -34,7 +34,7 @@ def init_state(dims=None, device=None, params=None):
     pvals = [_param_value(d, (params or {}).get(d["name"], d["default"])) for d in SIGNATURE["params"]]
     with np.errstate(all="ignore"):
         vals = _init_values(
-            *_typed(pvals, SIGNATURE["params"], np.float32), _dims=dims, _dev=None, _F=np.float32
+            *_typed(pvals, SIGNATURE["params"], np.float32), _dims=dims, _dev=None, _F=np.float32, _dist=None
         )
     return {d["name"]: v for d, v in zip(SIGNATURE["state"], _typed(vals, SIGNATURE["state"], np.float32))}
 
@@ -46,13 +46,13 @@ def _call(inputs, params, state, checks, dims, grads):
     pts = _typed(pvals, SIGNATURE["params"], F)
     with np.errstate(all="ignore"):
         if any(v is None for v in svals):
-            init = _init_values(*pts, _dims=bound, _dev=None, _F=F)
+            init = _init_values(*pts, _dims=bound, _dev=None, _F=F, _dist=None)
             svals = [v if v is not None else i for v, i in zip(svals, init)]
         sts = _typed(svals, SIGNATURE["state"], F)
         loss, new_state, reports, saved = _forward(
-            *args, *pts, *sts, _dims=bound, _checks=checks, _dev=None, _F=F
+            *args, *pts, *sts, _dims=bound, _checks=checks, _dev=None, _F=F, _dist=None
         )
-        g = _backward(*saved, _dims=bound, _dev=None, _F=F) if grads else ()
+        g = _backward(*saved, _dims=bound, _dev=None, _F=F, _dist=None) if grads else ()
     new_state = dict(
         zip([d["name"] for d in SIGNATURE["state"]], _typed(new_state, SIGNATURE["state"], np.float32))
     )

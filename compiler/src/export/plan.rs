@@ -6,6 +6,7 @@
 use crate::ir::{Graph, Handle};
 use crate::ops::Op;
 use crate::program::Program;
+use crate::shard::{Layout, NodeShard, ShardPlan, analyze};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// Names the generated code defines itself or imports; a source name that
@@ -117,6 +118,9 @@ pub struct Plan<'p> {
     pub dim_names: BTreeMap<String, String>,
     /// Users of each node (indices of the nodes that take it as an argument).
     pub users: Vec<Vec<Handle>>,
+    /// How the batch splits over ranks (torch only; without a process group
+    /// every conversion is the identity).
+    pub shard: Option<ShardPlan>,
 }
 
 fn reach(g: &Graph, roots: &[Handle]) -> BTreeSet<Handle> {
@@ -197,8 +201,11 @@ pub fn py_ident(name: &str, taken: &mut BTreeSet<String>) -> String {
 }
 
 impl<'p> Plan<'p> {
-    pub fn new(prog: &'p Program) -> Plan<'p> {
+    /// `batch`: `None` for a target that runs on one process, `Some(dim)` to plan
+    /// the shards (`Some(None)`: the leading dim of the first `diff` input).
+    pub fn new(prog: &'p Program, batch: Option<Option<&str>>) -> Plan<'p> {
         let g = &prog.opt;
+        let shard = batch.and_then(|b| analyze(g, b));
         let mut fwd_roots = vec![g.loss()];
         fwd_roots.extend(g.reports.iter().map(|(_, h)| *h));
         fwd_roots.extend(g.updates.iter().map(|u| u.value));
@@ -257,6 +264,9 @@ impl<'p> Plan<'p> {
                 d.symbols(&mut v);
                 dims.extend(v);
             }
+        }
+        if let Some(sp) = &shard {
+            dims.insert(sp.local.clone());
         }
         let dims: Vec<String> = dims.into_iter().collect();
         let dim_names: BTreeMap<String, String> = dims
@@ -344,11 +354,39 @@ impl<'p> Plan<'p> {
             dims,
             dim_names,
             users,
+            shard,
         }
     }
 
     pub fn name(&self, h: Handle) -> &str {
         &self.names[&h]
+    }
+
+    pub fn shard_of(&self, h: Handle) -> Option<&NodeShard> {
+        self.shard
+            .as_ref()
+            .and_then(|s| s.nodes[h.index()].as_ref())
+    }
+
+    /// Where node `h`'s value lives (replicated without a shard plan).
+    pub fn layout(&self, h: Handle) -> Layout {
+        self.shard_of(h).and_then(|s| s.out)
+    }
+
+    pub fn input_layout(&self, k: usize) -> Layout {
+        self.shard.as_ref().and_then(|s| s.inputs[k])
+    }
+
+    /// A filled array's op at the rank's size along `axis`.
+    pub fn localized(&self, h: Handle, axis: Layout) -> Op {
+        match (&self.g.node(h).op, &self.shard, axis) {
+            (Op::Fill(v, d, shape), Some(sp), Some(a)) => {
+                let mut s = shape.clone();
+                s[a] = crate::dim::Dim::sym(&sp.local);
+                Op::Fill(*v, *d, s)
+            }
+            (op, _, _) => op.clone(),
+        }
     }
 }
 

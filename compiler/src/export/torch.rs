@@ -109,10 +109,10 @@ impl Lower for Torch {
         matches!(n.op, Op::Binary(_) | Op::Where) && n.args.iter().any(|&a| !is_literal(p, a))
     }
 
-    fn expr(&self, p: &Plan, h: Handle, a: &[String]) -> String {
+    fn expr(&self, p: &Plan, h: Handle, op: &Op, a: &[String]) -> String {
         let n = p.g.node(h);
         let names = &p.dim_names;
-        match &n.op {
+        match op {
             // ---- sources
             Op::Input(_) | Op::Param(_) | Op::State(_) => p.name(h).to_string(),
             Op::Const(..) | Op::DimSize(_) => self.materialize(&inline_text_of(p, h), n.ty.dtype),

@@ -18,8 +18,10 @@ class _LossFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, meta, *args):
-        dims, checks, dev, F, in_dtypes = meta
-        loss, new_state, reports, saved = _forward(*args, _dims=dict(dims), _checks=checks, _dev=dev, _F=F)
+        dims, checks, dev, F, in_dtypes, d, scale = meta
+        loss, new_state, reports, saved = _forward(
+            *args, _dims=dict(dims), _checks=checks, _dev=dev, _F=F, _dist=d
+        )
         ctx.save_for_backward(*saved)
         ctx.meta = meta
         ctx.n_args = len(args)
@@ -32,11 +34,12 @@ class _LossFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g_loss, *unused):
-        dims, checks, dev, F, in_dtypes = ctx.meta
-        grads = _backward(*ctx.saved_tensors, _dims=dict(dims), _dev=dev, _F=F)
+        dims, checks, dev, F, in_dtypes, d, scale = ctx.meta
+        grads = _backward(*ctx.saved_tensors, _dims=dict(dims), _dev=dev, _F=F, _dist=d)
         out = [None] * (1 + ctx.n_args)
         for k, g in zip(_DIFF, grads):
-            out[1 + k] = (g * g_loss).to(in_dtypes[k])
+            # under DDP, which averages gradients over ranks, `scale` is the world size
+            out[1 + k] = (g * (g_loss * scale)).to(in_dtypes[k])
         return tuple(out)
 
 
@@ -53,7 +56,7 @@ def init_state(dims=None, device=None, params=None):
                 f"the size `{d}` of a state table is not bound",
                 f"pass dims={{'{d}': ...}}",
             )
-    vals = _init_values(*pts, _dims=dims, _dev=dev, _F=torch.float32)
+    vals = _init_values(*pts, _dims=dims, _dev=dev, _F=torch.float32, _dist=None)
     return {d["name"]: _as_state(v, d, dev) for d, v in zip(SIGNATURE["state"], vals)}
 
 
@@ -97,9 +100,45 @@ def _as_state(v, decl, dev):
     return torch.as_tensor(v).to(device=dev, dtype=dtype)
 
 
-def loss_fn(inputs, params=None, state=None, *, checks=True, dims=None):
-    """(loss, new_state, reports) of one call; differentiable in the `diff` inputs."""
-    arrays, pvals, svals, bound = _bind(inputs, params, state, dims)
+def loss_fn(inputs, params=None, state=None, *, checks=True, dims=None, group=None, ddp=False):
+    """(loss, new_state, reports) of one call; differentiable in the `diff` inputs.
+
+    With `group` (a torch.distributed process group, e.g. `group.WORLD`), each rank
+    passes its shard of the batch and gets the full-batch loss and new state, and
+    the gradient of its own rows; `ddp=True` scales the gradient for
+    DistributedDataParallel, which averages over ranks."""
+    d = None
+    err = None
+    if group is not None and _BATCH is None:
+        raise ValueError(f"`{NAME}` has no batch dim: its first `diff` input has no named leading dim")
+    try:
+        if group is None:
+            arrays, pvals, svals, bound = _bind(inputs, params, state, dims)
+        else:
+            # each rank holds its rows of every input with the batch dim (its first
+            # such axis); other axes of that size are the full batch
+            local_axes = []
+            for axes in _INPUT_AXES:
+                first = next((i for i, a in enumerate(axes) if a == ("sym", _BATCH)), None)
+                local_axes.append([("sym", _LOCAL) if i == first else a for i, a in enumerate(axes)])
+            arrays, pvals, svals, bound = _bind(inputs, params, state, dims, local_axes, (_BATCH,))
+    except DataError as e:
+        if group is None:
+            raise
+        err, arrays, bound = e, [], {}
+    if group is not None:
+        rows = bound.get(_LOCAL, 0)
+        d = _Dist(group, rows, _device([t for t in inputs.values() if isinstance(t, torch.Tensor)]))
+        if err is None and _BATCH in bound and bound[_BATCH] != d.total:
+            err = DataError(
+                "L6106",
+                f"{_BATCH} = {bound[_BATCH]} on this rank, but the ranks hold {d.total} rows of the batch together",
+                "a full-batch axis must have every rank's rows",
+            )
+        _agree(err, d)
+        bound[_BATCH] = d.total
+    elif _BATCH is not None:
+        bound[_LOCAL] = bound[_BATCH]
     dev = _device(arrays)
     F = _working_dtype(arrays)
     in_dtypes = tuple(x.dtype for x in arrays)
@@ -108,13 +147,14 @@ def loss_fn(inputs, params=None, state=None, *, checks=True, dims=None):
         args.append(x.to(F) if decl["dtype"] == "f32" and x.dtype != F else x)
     pts = _param_tensors(pvals, dev, F)
     if any(v is None for v in svals):
-        init = _init_values(*pts, _dims=bound, _dev=dev, _F=F)
+        init = _init_values(*pts, _dims=bound, _dev=dev, _F=F, _dist=None)
         svals = [v if v is not None else i for v, i in zip(svals, init)]
     sts = []
     for decl, v in zip(SIGNATURE["state"], svals):
         dtype = {"f32": F, "f64": torch.float64, "i64": torch.int64, "bool": torch.bool}[decl["dtype"]]
         sts.append(torch.as_tensor(v).to(device=dev, dtype=dtype))
-    meta = (tuple(sorted(bound.items())), bool(checks), dev, F, in_dtypes)
+    scale = float(d.world) if (d is not None and ddp) else 1.0
+    meta = (tuple(sorted(bound.items())), bool(checks), dev, F, in_dtypes, d, scale)
     outs = _LossFunction.apply(meta, *args, *pts, *sts)
     loss = outs[0]
     ns = len(SIGNATURE["state"])
@@ -122,7 +162,14 @@ def loss_fn(inputs, params=None, state=None, *, checks=True, dims=None):
     for decl, v in zip(SIGNATURE["state"], outs[1 : 1 + ns]):
         new_state[decl["name"]] = v.to(torch.float32) if decl["dtype"] == "f32" else v
     reports = dict(zip(SIGNATURE["reports"], outs[1 + ns :]))
+    if d is not None:
+        _LAST_CALL["dist"] = d
     return loss, new_state, reports
+
+
+# The last distributed call's view of the group: `.bytes` counts what this rank
+# sent in collectives, forward and (once it has run) backward.
+_LAST_CALL = {"dist": None}
 
 
 class Loss(torch.nn.Module):
@@ -130,8 +177,11 @@ class Loss(torch.nn.Module):
     buffers (in `state_dict()`, moved by `.to()`), updated by calls in training
     mode only; `last_reports` holds the reports of the last call."""
 
-    def __init__(self, dims=None, checks=True, **params):
+    def __init__(self, dims=None, checks=True, distributed=False, group=None, ddp=False, **params):
         super().__init__()
+        self.distributed = distributed
+        self.group = group
+        self.ddp = ddp
         pnames = [d["name"] for d in SIGNATURE["params"]]
         for n in params:
             if n not in pnames:
@@ -163,7 +213,14 @@ class Loss(torch.nn.Module):
             inputs[k] = v
         state = {d["name"]: getattr(self, d["name"]) for d in SIGNATURE["state"]}
         state = {k: v for k, v in state.items() if v is not None}
-        loss, new_state, reports = loss_fn(inputs, self._params(), state, checks=self.checks, dims=self._dims)
+        group = None
+        if self.distributed:
+            import torch.distributed as dist
+
+            group = self.group if self.group is not None else dist.group.WORLD
+        loss, new_state, reports = loss_fn(
+            inputs, self._params(), state, checks=self.checks, dims=self._dims, group=group, ddp=self.ddp
+        )
         # eval mode reads the state but never changes it (like BatchNorm's statistics)
         if self.training:
             for k, v in new_state.items():

@@ -195,3 +195,97 @@ def _convert(x, dtype, what, ty):
             "convert it, e.g. x.bool()",
         )
     return x
+
+
+# ---- one loss over many ranks (EXPORT.md, "Distributed"): the collectives the
+# shard plan inserts. Without a process group (`_dist is None`) each is the identity.
+
+
+class _Dist:
+    """A call's view of the process group: every rank's share of the batch, this
+    rank's offset in it, and the bytes this rank has sent in collectives."""
+
+    def __init__(self, group, rows: int, device) -> None:
+        import torch.distributed as dist
+
+        self.dist = dist
+        self.group = group
+        self.world = dist.get_world_size(group)
+        self.rank = dist.get_rank(group)
+        # NCCL communicates CUDA tensors, gloo CPU ones
+        self.device = (
+            device if dist.get_backend(group) != "nccl" else torch.device("cuda", torch.cuda.current_device())
+        )
+        self.bytes = 0
+        sizes = self._all_gather_ints(rows)
+        self.sizes = sizes
+        self.rows = rows
+        self.offset = sum(sizes[: self.rank])
+        self.total = sum(sizes)
+
+    def _all_gather_ints(self, v: int) -> list:
+        t = torch.tensor([v], dtype=torch.int64, device=self.device)
+        parts = [torch.zeros_like(t) for _ in range(self.world)]
+        self.dist.all_gather(parts, t, group=self.group)
+        self.bytes += 8
+        return [int(p.item()) for p in parts]
+
+    def agree(self, err):
+        # one small all-reduce: the lowest rank that found bad data, if any
+        flag = torch.tensor(
+            [self.rank if err is not None else self.world], dtype=torch.int64, device=self.device
+        )
+        self.dist.all_reduce(flag, op=self.dist.ReduceOp.MIN, group=self.group)
+        self.bytes += 8
+        first = int(flag.item())
+        if first == self.world:
+            return None
+        # every rank raises the failing rank's message (the failing rank sends it)
+        box = [(err.code, str(err), err.help)] if self.rank == first else [None]
+        self.dist.broadcast_object_list(
+            box, src=self.dist.get_global_rank(self.group, first), group=self.group
+        )
+        code, message, help = box[0]
+        return DataError(code, f"rank {first}: {message}", help)
+
+
+def _gather(x, axis, d):
+    """Every rank's rows of `x` along `axis`, in rank order (shards may differ in size)."""
+    if d is None:
+        return x
+    x = torch.as_tensor(x)
+    was_bool = x.dtype == torch.bool
+    if was_bool:
+        x = x.to(torch.uint8)
+    pad = max(d.sizes) - x.shape[axis]
+    if pad:
+        shape = list(x.shape)
+        shape[axis] = pad
+        x = torch.cat([x, torch.zeros(shape, dtype=x.dtype, device=x.device)], axis)
+    x = x.contiguous().to(d.device)
+    parts = [torch.empty_like(x) for _ in range(d.world)]
+    d.dist.all_gather(parts, x, group=d.group)
+    d.bytes += x.numel() * x.element_size()
+    out = torch.cat([torch.narrow(p, axis, 0, n) for p, n in zip(parts, d.sizes)], axis)
+    return out.bool() if was_bool else out
+
+
+def _local(x, axis, d):
+    """This rank's rows of a replicated `x` along `axis` (no communication)."""
+    if d is None:
+        return x
+    return torch.narrow(x, axis, d.offset, d.rows)
+
+
+def _all_reduce(x, op, d):
+    if d is None:
+        return x
+    x = torch.as_tensor(x)
+    y = x.to(torch.int64) if x.dtype == torch.bool else x.clone()
+    dev = y.device
+    y = y.to(d.device)
+    ops = {"sum": d.dist.ReduceOp.SUM, "max": d.dist.ReduceOp.MAX, "min": d.dist.ReduceOp.MIN}
+    d.dist.all_reduce(y, op=ops[op], group=d.group)
+    d.bytes += y.numel() * y.element_size()
+    y = y.to(dev)
+    return y.bool() if x.dtype == torch.bool else y
