@@ -20,7 +20,8 @@
 #                      a GPU (then with small benchmark sizes)
 #   GPU_CHECK_LOSSC    another lossc (e.g. target/release/lossc for GPU_CHECK_DEVICE=cpu)
 #   GPU_CHECK_PARTS    parity,conformance,train,export,bench (the default: all)
-#   GPU_CHECK_ARGS     more options for check.py (--jobs J, --iters K, --sizes small|device)
+#   GPU_CHECK_ARGS     more options for check.py (--jobs J, --iters K, --sizes small|device,
+#                      --work DIR: where the binaries are unpacked, default $TMPDIR/losslang-gpu-check)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 
@@ -42,7 +43,7 @@ with open(sys.argv[1], "rb") as i, lzma.open(sys.argv[2], "wb", preset=6) as o:
         fi
     done
     # cuRAND (candle opens a generator with every CUDA device) is the one CUDA library a
-    # CUDA 13 PyTorch does not install: carry it (43 MB as xz) for a device whose toolkit
+    # CUDA 13 PyTorch does not install: carry it (42.5 MB as xz) for a device whose toolkit
     # lacks it too; the device half prefers the device's own. GPU_CHECK_CURAND=0 leaves it out.
     if [ "${GPU_CHECK_CURAND:-1}" != 0 ]; then
         local curand=target/cuda-toolkit/nvidia/cu13/lib/libcurand.so.10

@@ -7,7 +7,7 @@ numpy, and torch for the PyTorch columns; no Rust.
 
 BUNDLE is the directory `scripts/gpu-check.sh build` lays out: bin/lossc.xz (CUDA build),
 bin/train_noisy_labels.xz, bin/candle-parity.xz (the op parity test; all three unpacked
-here before use), lib/libcurand.so.10.xz (used when the device has no cuRAND 10),
+into --work before use), lib/libcurand.so.10.xz (used when the device has no cuRAND 10),
 stdlib/*.loss, cases/public/..., bench/*.loss, and export/ when
 the export command has been built. Every conformance case runs through
 `lossc run --backend candle --device DEVICE` and is compared with its expected values
@@ -102,14 +102,14 @@ def resolve_libs(binary, env):
     return added, missing
 
 
-def unpack(src):
+def unpack(src, dst):
     """The build half stores binaries and libraries as NAME.xz (under the carry limit);
-    unpack them next to it, or into a temporary directory when the bundle is read-only."""
+    unpack them into dst, outside the bundle (which stays as small as it was carried)."""
     import lzma
 
     if not os.path.isdir(src):
         return None
-    dst = src if os.access(src, os.W_OK) else tempfile.mkdtemp(prefix="gpu-check-")
+    os.makedirs(dst, exist_ok=True)
     for p in sorted(glob.glob(os.path.join(src, "*.xz"))):
         out = os.path.join(dst, os.path.basename(p)[:-3])
         if not os.path.exists(out) or os.path.getmtime(out) < os.path.getmtime(p):
@@ -257,7 +257,7 @@ def parity(a, env):
     penv["LOSSLANG_CANDLE_DEVICE"] = a.device
     t0 = time.time()
     p = subprocess.run([exe, "--test-threads", "1"], capture_output=True, text=True,
-                       timeout=900, env=penv)
+                       timeout=600, env=penv)
     dt = time.time() - t0
     res = [l for l in p.stdout.splitlines() if l.startswith("test result:")]
     if p.returncode != 0:
@@ -463,7 +463,7 @@ def bench(a, env, lossc):
             cmd = [lossc, "bench", os.path.join(a.bundle, "bench", file), "--dims", label,
                    "--backend", "candle", "--device", a.device, "--iters", str(a.iters),
                    "--json", "--no-color"]
-            p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+            p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
             if p.returncode == 0:
                 j = json.loads(p.stdout.strip().splitlines()[-1])
                 row["candle"] = f"{j['median_ms']:.2f}"
@@ -519,14 +519,20 @@ def main():
     ap.add_argument("--jobs", type=int, default=min(8, os.cpu_count() or 1))
     ap.add_argument("--sizes", choices=["device", "small"], default="device")
     ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "losslang-gpu-check"),
+                    help="where the binaries and libraries are unpacked")
     a = ap.parse_args()
     a.bundle = os.path.abspath(a.bundle)
     global BUNDLE_LIB
-    a.bin = unpack(os.path.join(a.bundle, "bin"))
-    BUNDLE_LIB = unpack(os.path.join(a.bundle, "lib"))
+    work = os.path.abspath(a.work)
+    a.bin = unpack(os.path.join(a.bundle, "bin"), os.path.join(work, "bin"))
+    BUNDLE_LIB = unpack(os.path.join(a.bundle, "lib"), os.path.join(work, "lib"))
     lossc = os.path.abspath(a.lossc or os.path.join(a.bin, "lossc"))
     parts = [p for p in a.parts.split(",") if p]
     env = dict(os.environ)
+    # candle's kernels are PTX, compiled by the driver when first loaded; its cache
+    # (~/.nv/ComputeCache, 256 MiB by default) keeps them for the next lossc process.
+    env.setdefault("CUDA_CACHE_MAXSIZE", str(1 << 30))
 
     info = gpu_name()
     print(f"gpu-check: device {a.device}" + (f" ({info})" if info else "") + f", lossc {lossc}")
