@@ -56,6 +56,7 @@ done
 # driver's soname that defines every driver entry point cudarc declares. At run
 # time the loader finds the device's real libcuda.so.1.
 stub="$cuda/lib/stubs"
+cargo fetch --quiet # the cudarc sources, read below, on a fresh machine
 driver_rs=$(cargo metadata --format-version 1 --features losslang-runtime/cuda |
     "$python" -c 'import json, sys, os
 pkgs = json.load(sys.stdin)["packages"]
