@@ -82,7 +82,8 @@ with open(sys.argv[1], "rb") as i, lzma.open(sys.argv[2] + ".tmp", "wb", preset=
                 echo "gpu-check: export of $f failed" >&2
         done
     fi
-    du -sh "$out" "$out"/bin/*
+    du -sh "$out"/bin/* "$out"/lib/* 2>/dev/null || true
+    du -sh "$out"
     local kib
     kib=$(du -sk "$out" | cut -f1)
     if [ "$kib" -ge $((64 * 1024)) ]; then
