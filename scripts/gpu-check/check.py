@@ -129,7 +129,7 @@ def gpu_name():
 
 
 # ---------------------------------------------------------------------------
-# conformance (the comparison of ../shared-style run_cases: same tolerances)
+# conformance (the tolerances of tests/conformance/README.md)
 
 
 def close(a, b, rtol, atol):
