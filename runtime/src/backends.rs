@@ -38,8 +38,14 @@ pub fn executor(b: Backend, p: &Program, device: &str) -> Result<Box<dyn Executo
                 code: "L5002",
                 message: e.to_string(),
                 help: Some(
-                    "run with --device cpu, or build lossc with `--features cuda` (docs/candle.md)"
-                        .into(),
+                    if cfg!(feature = "cuda") {
+                        "this lossc has CUDA: the device needs the NVIDIA driver (R580 or newer) \
+                         and the CUDA 13 cuBLAS and cuRAND libraries (docs/candle.md); or run \
+                         with --device cpu"
+                    } else {
+                        "run with --device cpu, or build lossc with `--features cuda` (docs/candle.md)"
+                    }
+                    .into(),
                 ),
             })?;
             match losslang_candle::CandleExec::for_program(p, dev) {

@@ -183,6 +183,9 @@ struct BenchArgs {
     /// jit, candle, interp or all.
     #[arg(long, default_value = "jit")]
     backend: String,
+    /// cpu (default) or cuda[:i], for --backend candle.
+    #[arg(long, default_value = "cpu")]
+    device: String,
     #[arg(long, default_value_t = 1)]
     threads: usize,
     #[arg(long, default_value_t = 10)]
@@ -983,6 +986,12 @@ fn bench(ctx: &Ctx, a: BenchArgs, out: &mut dyn Write) -> Res<()> {
             )
         })?]
     };
+    if a.device != "cpu" && wanted != [Backend::Candle] {
+        return Err(ctx.usage(
+            format!("--device {} needs --backend candle", a.device),
+            "the interpreter and the JIT run on the CPU",
+        ));
+    }
     let dims0 = parse_dims(ctx, &a.dims)?;
     let t0 = Instant::now();
     let p = build(ctx, &a.file, &a.common, true)?;
@@ -1018,7 +1027,7 @@ fn bench(ctx: &Ctx, a: BenchArgs, out: &mut dyn Write) -> Res<()> {
         let exec = if b == Backend::Jit {
             crate::backends::jit(&p, threads)
         } else {
-            crate::backends::executor(b, &p, "cpu")
+            crate::backends::executor(b, &p, &a.device)
         }
         .map_err(|e| ctx.fail(1, &e))?;
         // The backend's own compilation counts too (the JIT compiles here).
@@ -1047,15 +1056,25 @@ fn bench(ctx: &Ctx, a: BenchArgs, out: &mut dyn Write) -> Res<()> {
         let gbps = (bytes_in + bytes_out) as f64 / (median * 1e-3) / 1e9;
         let dims_json: Map<String, Value> =
             dims0.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
-        let obj = json!({"backend": b.name(), "threads": threads, "dims": dims_json, "compile_ms": compile_ms, "median_ms": median, "min_ms": min, "gbps": gbps});
+        let mut obj = json!({"backend": b.name(), "threads": threads, "dims": dims_json, "compile_ms": compile_ms, "median_ms": median, "min_ms": min, "gbps": gbps});
+        if b == Backend::Candle {
+            // Candle's times on a device include copying the inputs to it and the
+            // gradients back: the executor takes and returns host tensors.
+            obj["device"] = json!(a.device);
+        }
         if a.json {
             writeln!(out, "{obj}").map_err(|e| io_fail(ctx, e))?;
         } else {
             writeln!(
                 out,
-                "{} [{}]: compile {:.2} ms, median {:.3} ms, min {:.3} ms, {:.3} GB/s",
+                "{} [{}{}]: compile {:.2} ms, median {:.3} ms, min {:.3} ms, {:.3} GB/s",
                 p.opt.name,
                 b.name(),
+                if b == Backend::Candle && a.device != "cpu" {
+                    format!(" on {}", a.device)
+                } else {
+                    String::new()
+                },
                 compile_ms,
                 median,
                 min,

@@ -930,6 +930,28 @@ fn state_table_ids() {
 }
 
 #[test]
+fn bench_on_a_candle_device_names_it() {
+    let file = stdlib("cross_entropy").display().to_string();
+    let out = lossc(&[
+        "bench",
+        &file,
+        "--dims",
+        "N=4,C=3",
+        "--backend",
+        "candle",
+        "--device",
+        "cpu",
+        "--iters",
+        "1",
+        "--json",
+    ]);
+    expect(&out, 0, &[]);
+    let v: serde_json::Value = serde_json::from_str(out.stdout.trim()).expect("one JSON object");
+    assert_eq!(v["backend"], "candle");
+    assert_eq!(v["device"], "cpu");
+}
+
+#[test]
 fn usage_errors_exit_2() {
     let file = stdlib("cross_entropy").display().to_string();
     let cases: &[&[&str]] = &[
@@ -949,6 +971,26 @@ fn usage_errors_exit_2() {
             "N=4,C=3",
             "--backend",
             "interp",
+            "--device",
+            "cuda",
+        ],
+        &[
+            "bench",
+            &file,
+            "--dims",
+            "N=4,C=3",
+            "--backend",
+            "jit",
+            "--device",
+            "cuda",
+        ],
+        &[
+            "bench",
+            &file,
+            "--dims",
+            "N=4,C=3",
+            "--backend",
+            "all",
             "--device",
             "cuda",
         ],

@@ -62,7 +62,12 @@ pub fn device(spec: &str) -> Result<Device, Error> {
              device (build with `--features cuda`, see docs/candle.md)"
         )));
     }
-    Device::new_cuda(i).map_err(|e| Error::Device(format!("cannot open `{spec}`: {e}")))
+    Device::new_cuda(i).map_err(|e| {
+        Error::Device(format!(
+            "cannot open `{spec}`: {}",
+            crate::exec::candle_message(&e)
+        ))
+    })
 }
 
 /// The lowering target of a device: the CPU custom kernels only on the CPU.

@@ -158,7 +158,8 @@ fn all_cases(target: Target) {
         "expected the 35 losses, found {}",
         names.len()
     );
-    // scripts/gpu-check.sh sets LOSSLANG_CANDLE_DEVICE=cuda (portable lowering only).
+    // LOSSLANG_CANDLE_DEVICE=cuda runs it on a GPU (portable lowering only), where Rust is
+    // installed; scripts/gpu-check.sh runs the same cases through a CUDA lossc instead.
     let device = match std::env::var("LOSSLANG_CANDLE_DEVICE").ok().as_deref() {
         None | Some("cpu") => Device::Cpu,
         Some(spec) => {

@@ -55,7 +55,8 @@ fn assert_same(what: &str, got: &Tensor, want: &Tensor) {
 }
 
 /// The CPU with its kernels and with the portable lowering; with
-/// `LOSSLANG_CANDLE_DEVICE=cuda` (scripts/gpu-check.sh), the CUDA device.
+/// `LOSSLANG_CANDLE_DEVICE=cuda` (scripts/gpu-check.sh runs this test, built by
+/// scripts/build-cuda.sh, that way), the CUDA device.
 fn runs() -> Vec<(Device, Target)> {
     match std::env::var("LOSSLANG_CANDLE_DEVICE").ok().as_deref() {
         None | Some("cpu") => vec![(Device::Cpu, Target::Cpu), (Device::Cpu, Target::Portable)],
