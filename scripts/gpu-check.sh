@@ -71,8 +71,8 @@ with open(sys.argv[1], "rb") as i, lzma.open(sys.argv[2] + ".tmp", "wb", preset=
         LD_LIBRARY_PATH="$cu:$cu/stubs" "$lossc" check "$out/stdlib/focal.loss" >&2
         exit 1
     }
-    # HOOK(export): once lossc has `export` (EXPORT.md), the torch module of every stdlib
-    # loss goes to the bundle and the device half checks it on the GPU.
+    # The torch module of every stdlib loss (`lossc export`, docs/export.md) goes to the
+    # bundle and the device half checks it on the GPU.
     if LD_LIBRARY_PATH="$cu:$cu/stubs" "$lossc" export --help >/dev/null 2>&1; then
         mkdir -p "$out/export"
         local f

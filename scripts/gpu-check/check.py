@@ -289,12 +289,11 @@ def train(a, env):
 
 
 # ---------------------------------------------------------------------------
-# exported torch modules on the device.
-# HOOK(export): `lossc export --target torch` (the export issue) is not in this lossc yet.
-# When `scripts/gpu-check.sh build` finds the command, it writes export/<loss>.py for every
-# stdlib loss; this runs every conformance case through those modules (EXPORT.md:
-# `loss_fn(inputs, params, state) -> (loss, new_state, reports)`, gradients by autograd)
-# with the inputs on the device.
+# exported torch modules on the device: `scripts/gpu-check.sh build` writes
+# export/<loss>.py for every stdlib loss with `lossc export --target torch`; this runs
+# every conformance case through those modules (EXPORT.md: `loss_fn(inputs, params,
+# state) -> (loss, new_state, reports)`, gradients by autograd) with the inputs on the
+# device.
 
 
 def export(a):
