@@ -365,7 +365,8 @@ pub fn print(g: &Graph, plan: &ShardPlan) -> String {
     for (k, i) in g.inputs.iter().enumerate() {
         let _ = writeln!(s, "input {} {}", i.name, lay_txt(plan.inputs[k]));
     }
-    let mut gathers = 0;
+    // Distinct gathers (a value gathered once serves every use).
+    let mut gathered = std::collections::BTreeSet::new();
     let mut reduces = 0;
     for (i, n) in g.nodes.iter().enumerate() {
         let Some(p) = &plan.nodes[i] else { continue };
@@ -375,12 +376,12 @@ pub fn print(g: &Graph, plan: &ShardPlan) -> String {
             if have != *want {
                 let what = match (have, want) {
                     (Some(ax), None) => {
-                        gathers += 1;
+                        gathered.insert(a);
                         format!("gather@{ax}")
                     }
                     (None, Some(ax)) => format!("slice@{ax}"),
                     (Some(x), Some(y)) => {
-                        gathers += 1;
+                        gathered.insert(a);
                         format!("gather@{x} slice@{y}")
                     }
                     (None, None) => unreachable!("equal layouts need no conversion"),
@@ -424,7 +425,7 @@ pub fn print(g: &Graph, plan: &ShardPlan) -> String {
     for u in &g.updates {
         let v = have(u.value);
         if v.is_some() {
-            gathers += 1;
+            gathered.insert(u.value);
         }
         let _ = writeln!(
             s,
@@ -440,12 +441,16 @@ pub fn print(g: &Graph, plan: &ShardPlan) -> String {
             (a, b) if a == b => String::new(),
             (None, Some(ax)) => format!("  [slice@{ax}]"),
             _ => {
-                gathers += 1;
+                gathered.insert(*h);
                 "  [gather, slice]".into()
             }
         };
         let _ = writeln!(s, "grad {} = %{}{conv}", g.inputs[*k].name, h.0);
     }
-    let _ = writeln!(s, "collectives: {reduces} all_reduce, {gathers} gather");
+    let _ = writeln!(
+        s,
+        "collectives: {reduces} all_reduce, {} gather",
+        gathered.len()
+    );
     s
 }

@@ -161,7 +161,9 @@ def _job_conformance(rank: int, world: int, args: Dict[str, Any]) -> Dict[str, A
 def _job_fault(rank: int, world: int, args: Dict[str, Any]) -> Dict[str, Any]:
     import torch.distributed as dist
 
-    mod = export_module(STDLIB / "cross_entropy.loss", "torch", Path(args["export_dir"]), name=f"ce_fault_r{rank}")
+    mod = export_module(
+        STDLIB / "cross_entropy.loss", "torch", Path(args["export_dir"]), name=f"ce_fault_r{rank}"
+    )
     target = torch.tensor([0, 1, 2, 1]) if rank == 0 else torch.tensor([2, 9, 0])
     logits = torch.zeros(len(target), 3)
     try:
@@ -173,7 +175,10 @@ def _job_fault(rank: int, world: int, args: Dict[str, Any]) -> Dict[str, Any]:
     # a shape error on one rank (caught before any collective) is agreed on too
     w = torch.ones(3) if rank == 0 else torch.ones(4)
     try:
-        mod.loss_fn({"logits": logits, "target": torch.zeros(len(target), dtype=torch.int64), "weight": w}, group=dist.group.WORLD)
+        mod.loss_fn(
+            {"logits": logits, "target": torch.zeros(len(target), dtype=torch.int64), "weight": w},
+            group=dist.group.WORLD,
+        )
     except ValueError as e:
         second = str(e)
     else:
@@ -185,7 +190,9 @@ def _job_ddp(rank: int, world: int, args: Dict[str, Any]) -> Dict[str, Any]:
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    mod = export_module(STDLIB / "cross_entropy.loss", "torch", Path(args["export_dir"]), name=f"ce_ddp_r{rank}")
+    mod = export_module(
+        STDLIB / "cross_entropy.loss", "torch", Path(args["export_dir"]), name=f"ce_ddp_r{rank}"
+    )
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(11, 6, generator=gen)
     y = torch.randint(0, 4, (11,), generator=gen)
@@ -222,7 +229,10 @@ def test_every_stdlib_loss_is_exact_over_ranks(world: int, tmp_path: Path, expor
         assert not res["failed"], f"rank {r}:\n" + "\n".join(res["failed"])
     passed = results[0]["passed"]
     assert set(passed) == set(stdlib_names()), sorted(set(stdlib_names()) - set(passed))
-    lines = [f"{k}: {passed[k]} cases, {results[0]['bytes'].get(k, 0)} bytes sent by rank 0" for k in sorted(passed)]
+    lines = [
+        f"{k}: {passed[k]} cases, {results[0]['bytes'].get(k, 0)} bytes sent by rank 0"
+        for k in sorted(passed)
+    ]
     print(f"\n{world} ranks, {sum(passed.values())} cases:\n" + "\n".join(lines))
     table = Path(os.environ.get("LOSSLANG_COMM_TABLE", tmp_path / "comm.json"))
     table.write_text(json.dumps({"world": world, "passed": passed, "bytes": results[0]["bytes"]}))
