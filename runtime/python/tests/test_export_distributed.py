@@ -20,7 +20,6 @@ from typing import Any, Callable, Dict, List
 
 import numpy as np
 import pytest
-
 from conftest import STDLIB, all_cases, check_step, export_module, iter_steps, stdlib_names
 
 torch = pytest.importorskip("torch")
@@ -187,7 +186,6 @@ def _job_fault(rank: int, world: int, args: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def _job_ddp(rank: int, world: int, args: Dict[str, Any]) -> Dict[str, Any]:
-    import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     mod = export_module(
