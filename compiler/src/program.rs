@@ -221,6 +221,19 @@ impl Program {
                     .find(|(n, _)| n == &p.name)
                     .map(|(_, v)| *v)
                     .unwrap_or(p.default);
+                if let Some(d) = &p.domain
+                    && !d.contains(v.as_f64())
+                {
+                    return Err(RunError::new(
+                        "L6115",
+                        format!(
+                            "param `{}` = {} is outside its domain {d}",
+                            p.name,
+                            v.text()
+                        ),
+                        format!("give `{}` a value in {d}", p.name),
+                    ));
+                }
                 let t = match (p.dtype, v) {
                     (DType::I64, Scalar::I(i)) => Tensor::from_i64(vec![], vec![i]),
                     (DType::I64, Scalar::F(f)) if f.fract() == 0.0 && f.abs() < 9.0e15 => {

@@ -1078,8 +1078,13 @@ pub fn doc_page(p: &Program) -> String {
         s.push_str("  (none)\n");
     }
     for pr in &g.params {
+        let domain = pr
+            .domain
+            .as_ref()
+            .map(|d| format!(" in {d}"))
+            .unwrap_or_default();
         s.push_str(&format!(
-            "  {:<18} {:<5} = {}\n",
+            "  {:<18} {:<5} = {}{domain}\n",
             pr.name,
             pr.dtype.to_string(),
             pr.default.text()
