@@ -264,3 +264,33 @@ fn log_softmax_keeps_its_precision_under_large_shifts() {
         }
     }
 }
+
+#[test]
+fn if_branches_broadcast_and_a_scalar_branch_does_not_leak() {
+    let p = program(
+        "loss b(x: f32[N] diff) -> f32 {\n    param beta: f32 = 1.0 in [0, inf)\n    sum(if beta > 0 { x / beta } else { sqrt(sum(x * x)) })\n}\n",
+    );
+    // beta = 1 at x = 0: the untaken scalar branch is sqrt(0), whose derivative is inf.
+    let call = Call {
+        inputs: vec![("x".into(), f32s(vec![3], &[0.0, 0.0, 0.0]))],
+        grads: true,
+        ..Call::default()
+    };
+    let o = finite_everywhere(&p, &call);
+    assert_eq!(o.loss, 0.0);
+    assert_eq!(grad(&o, "x"), vec![1.0, 1.0, 1.0]);
+    // beta = 0: the taken branch is the scalar, broadcast to [N]; x / 0 is untaken.
+    let call = Call {
+        inputs: vec![("x".into(), f32s(vec![2], &[3.0, 4.0]))],
+        params: vec![("beta".into(), Scalar::F(0.0))],
+        grads: true,
+        ..Call::default()
+    };
+    let o = finite_everywhere(&p, &call);
+    assert!((o.loss - 10.0).abs() < 1e-6);
+    let g = grad(&o, "x");
+    assert!(
+        (g[0] - 2.0 * 0.6).abs() < 1e-6 && (g[1] - 2.0 * 0.8).abs() < 1e-6,
+        "{g:?}"
+    );
+}

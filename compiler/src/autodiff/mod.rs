@@ -126,9 +126,9 @@ pub fn differentiate(g: &mut Graph) {
 type Guard = (Handle, bool);
 
 /// For every node, the `where` branches it lies inside: a node belongs to a
-/// branch when it is elementwise (`Unary`, `Binary`, `Where`, `Cast`), has the
-/// `where`'s shape, and every use of it is that branch or another node
-/// belonging to it (never a result). Its cotangent is then zero wherever the
+/// branch when it is elementwise (`Unary`, `Binary`, `Where`, `Cast`), the
+/// branch's condition broadcasts into its shape, and every use of it is that
+/// branch or another node belonging to it (never a result). Its cotangent is then zero wherever the
 /// branch is not taken, so masking what it passes on to its arguments there
 /// changes no finite gradient and drops the `0 * inf` and `0 / 0` of a
 /// singular derivative. Nested branches collect every enclosing guard.
@@ -183,14 +183,22 @@ fn branch_guards(g: &Graph) -> Vec<Vec<Guard>> {
             vec![]
         };
         for (pos, &a) in node.args.iter().enumerate() {
-            let implied = if !elementwise || g.ty(a).shape != node.ty.shape {
+            // A guard carries over to an argument when its condition broadcasts
+            // into the argument's shape: then every position of the node that
+            // an argument position feeds shares that position's condition
+            // (always so for the scalar condition of an `if`).
+            let ashape = &g.ty(a).shape;
+            let fits = |c: Handle| {
+                crate::ops::broadcast_shapes(&g.ty(c).shape, ashape).is_ok_and(|s| &s == ashape)
+            };
+            let implied: Vec<Guard> = if !elementwise || !g.ty(a).dtype.is_float() {
                 vec![]
-            } else if node.op == Op::Where && pos > 0 && a != node.args[0] {
-                let mut v = mine.clone();
-                v.push((node.args[0], pos == 1));
-                v
             } else {
-                mine.clone()
+                let mut v: Vec<Guard> = mine.iter().copied().filter(|&(c, _)| fits(c)).collect();
+                if node.op == Op::Where && pos > 0 && a != node.args[0] && fits(node.args[0]) {
+                    v.push((node.args[0], pos == 1));
+                }
+                v
             };
             let slot = &mut acc[a.index()];
             *slot = Some(match slot.take() {
