@@ -602,7 +602,7 @@ impl Program {
                 return Err(RunError::new(
                     "L6111",
                     format!("the loss is {loss}"),
-                    "inspect the inputs for extreme values; run without --check-finite to see every output",
+                    "inspect the inputs for extreme values, and the params for values at the edge of their range (a division by beta = 0): a param domain (`in (0, inf)`) rejects them before the run; run without --check-finite to see every output",
                 ));
             }
             for (n, t) in &grads {
@@ -881,7 +881,11 @@ fn check_finite(t: &Tensor, what: &str) -> Result<(), RunError> {
                     .collect::<Vec<_>>()
                     .join(", ")
             ),
-            "--check-finite rejects NaN and Inf; clean the data or drop the flag",
+            if what.starts_with("input") {
+                "--check-finite rejects NaN and Inf; clean the data or drop the flag"
+            } else {
+                "the inputs are finite, so the program computed it: look for a division, log or sqrt at the edge of a param's range (beta = 0) and declare the param's domain (`in (0, inf)`) or guard the term with where; `lossc emit FILE --stage opt` shows the gradient graph"
+            },
         ));
     }
     Ok(())

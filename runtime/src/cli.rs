@@ -927,7 +927,7 @@ fn gradcheck(ctx: &Ctx, a: GradcheckArgs, out: &mut dyn Write) -> Res<()> {
             &RunError {
                 code: "L4901",
                 message: format!("gradcheck failed for `{}`: the compiled gradient disagrees with finite differences", p.opt.name),
-                help: Some("if the loss has kinks (abs, relu, max, where), a random point may sit on one: try another --seed".into()),
+                help: Some("if the loss has kinks (abs, relu, max, where), a random point may sit on one: try another --seed; a NaN or inf gradient is no kink: look for a division, log or sqrt at the edge of a param's range (beta = 0), and declare its domain (`in (0, inf)`) or guard it with where".into()),
             },
         ))
     }

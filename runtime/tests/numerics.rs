@@ -294,3 +294,25 @@ fn if_branches_broadcast_and_a_scalar_branch_does_not_leak() {
         "{g:?}"
     );
 }
+
+#[test]
+fn a_non_finite_gradient_from_finite_inputs_points_at_the_program() {
+    let p = program("loss s(x: f32[N] diff) -> f32 {\n    sum(sqrt(x))\n}\n");
+    let call = Call {
+        inputs: vec![("x".into(), f32s(vec![2], &[0.0, 4.0]))],
+        grads: true,
+        check_finite: true,
+        ..Call::default()
+    };
+    for b in backends() {
+        let exec = losslang_runtime::backends::executor(b, &p, "cpu").expect("executor");
+        let env = p.bind(&call).expect("bind");
+        let e = p
+            .run_with(exec.as_ref(), &env, true, true)
+            .expect_err("d sqrt(x)/dx at 0 is inf");
+        assert_eq!(e.code, "L6112", "[{b}]");
+        assert_eq!(e.message, "the gradient of `x` is inf at [0]", "[{b}]");
+        let help = e.help.unwrap_or_default();
+        assert!(help.starts_with("the inputs are finite"), "[{b}] {help}");
+    }
+}
