@@ -221,6 +221,19 @@ impl Program {
                     .find(|(n, _)| n == &p.name)
                     .map(|(_, v)| *v)
                     .unwrap_or(p.default);
+                if let Some(d) = &p.domain
+                    && !d.contains(v.as_f64())
+                {
+                    return Err(RunError::new(
+                        "L6115",
+                        format!(
+                            "param `{}` = {} is outside its domain {d}",
+                            p.name,
+                            v.text()
+                        ),
+                        format!("give `{}` a value in {d}", p.name),
+                    ));
+                }
                 let t = match (p.dtype, v) {
                     (DType::I64, Scalar::I(i)) => Tensor::from_i64(vec![], vec![i]),
                     (DType::I64, Scalar::F(f)) if f.fract() == 0.0 && f.abs() < 9.0e15 => {
@@ -589,7 +602,7 @@ impl Program {
                 return Err(RunError::new(
                     "L6111",
                     format!("the loss is {loss}"),
-                    "inspect the inputs for extreme values; run without --check-finite to see every output",
+                    "inspect the inputs for extreme values, and the params for values at the edge of their range (a division by beta = 0): a param domain (`in (0, inf)`) rejects them before the run; run without --check-finite to see every output",
                 ));
             }
             for (n, t) in &grads {
@@ -878,7 +891,11 @@ fn check_finite(t: &Tensor, what: &str) -> Result<(), RunError> {
                     .collect::<Vec<_>>()
                     .join(", ")
             ),
-            "--check-finite rejects NaN and Inf; clean the data or drop the flag",
+            if what.starts_with("input") {
+                "--check-finite rejects NaN and Inf; clean the data or drop the flag"
+            } else {
+                "the inputs are finite, so the program computed it: look for a division, log or sqrt at the edge of a param's range (beta = 0) and declare the param's domain (`in (0, inf)`) or guard the term with where; `lossc emit FILE --stage opt` shows the gradient graph"
+            },
         ));
     }
     Ok(())

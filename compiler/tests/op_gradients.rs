@@ -186,7 +186,7 @@ fn kink_conventions() {
         run(&|g, x| g.unary(UnaryOp::Abs, x, sp), vec![0.0, 2.0, -2.0]),
         vec![0.0, 1.0, -1.0]
     );
-    // Ties in a max reduction go to the first index.
+    // Ties in a max or min reduction share the gradient equally (torch.amax, jnp.max).
     assert_eq!(
         run(
             &|g, x| g.mk(
@@ -200,8 +200,57 @@ fn kink_conventions() {
             ),
             vec![1.0, 3.0, 3.0]
         ),
-        vec![0.0, 1.0, 0.0]
+        vec![0.0, 0.5, 0.5]
     );
+    assert_eq!(
+        run(
+            &|g, x| g.mk(
+                Op::Reduce {
+                    kind: losslang_compiler::ops::ReduceKind::Min,
+                    axes: vec![0],
+                    keepdims: false
+                },
+                vec![x],
+                sp
+            ),
+            vec![2.0, 5.0, 2.0, 2.0]
+        ),
+        vec![1.0 / 3.0, 0.0, 1.0 / 3.0, 1.0 / 3.0]
+    );
+    // A NaN maximum gives no element a gradient.
+    assert_eq!(
+        run(
+            &|g, x| g.mk(
+                Op::Reduce {
+                    kind: losslang_compiler::ops::ReduceKind::Max,
+                    axes: vec![0],
+                    keepdims: false
+                },
+                vec![x],
+                sp
+            ),
+            vec![1.0, f64::NAN]
+        ),
+        vec![0.0, 0.0]
+    );
+    // argmax still picks the first of tied maxima.
+    let env = Env {
+        inputs: vec![Tensor::from_f64(DType::F64, vec![3], vec![1.0, 3.0, 3.0])],
+        ..Env::default()
+    };
+    let mut g = Graph::default();
+    let ty = losslang_compiler::ir::Ty::new(DType::F64, vec![losslang_compiler::dim::Dim::lit(3)]);
+    g.inputs.push(InputDecl {
+        name: "x".into(),
+        ty: ty.clone(),
+        diff: false,
+        span: sp,
+        doc: None,
+    });
+    let xi = g.push_typed(Op::Input(0), vec![], ty, sp);
+    let am = g.mk(Op::ArgMax(0), vec![xi], sp);
+    let r = losslang_compiler::ir::eval::eval(&g, &env, &[am]).expect("eval");
+    assert_eq!(r[0].to_f64_vec(), vec![1.0]);
     // maximum(a, b) sends the gradient to a on ties.
     assert_eq!(
         run(

@@ -113,6 +113,8 @@ pub enum Stmt {
         name: Ident,
         ty: TypeExpr,
         default: Expr,
+        /// `in [lo, hi)`: the values a call may give.
+        domain: Option<ParamDomain>,
         span: Span,
     },
     State {
@@ -256,5 +258,55 @@ impl BinOp {
             BinOp::And => "and",
             BinOp::Or => "or",
         }
+    }
+}
+
+/// A param's allowed values: an interval, each end closed or open (`inf` ends are open).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ParamDomain {
+    pub lo: f64,
+    pub lo_closed: bool,
+    pub hi: f64,
+    pub hi_closed: bool,
+    pub span: Span,
+}
+
+impl ParamDomain {
+    pub fn contains(&self, v: f64) -> bool {
+        let above = if self.lo_closed {
+            v >= self.lo
+        } else {
+            v > self.lo
+        };
+        let below = if self.hi_closed {
+            v <= self.hi
+        } else {
+            v < self.hi
+        };
+        above && below
+    }
+}
+
+impl std::fmt::Display for ParamDomain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let b = |v: f64| {
+            if v.is_infinite() {
+                if v > 0.0 {
+                    "inf".to_string()
+                } else {
+                    "-inf".to_string()
+                }
+            } else {
+                format!("{v}")
+            }
+        };
+        write!(
+            f,
+            "{}{}, {}{}",
+            if self.lo_closed { '[' } else { '(' },
+            b(self.lo),
+            b(self.hi),
+            if self.hi_closed { ']' } else { ')' }
+        )
     }
 }

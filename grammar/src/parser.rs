@@ -22,7 +22,7 @@ use pest::pratt_parser::{Assoc, Op, PrattParser};
 
 use crate::ast::{
     Arg, BinOp, Block, DimAst, Expr, ExprKind, File, FnDef, FnParam, Ident, IndexItem, InputDecl,
-    Item, LossDef, Stmt, TypeExpr, UnOp, UseDecl,
+    Item, LossDef, ParamDomain, Stmt, TypeExpr, UnOp, UseDecl,
 };
 use crate::span::Span;
 
@@ -412,6 +412,10 @@ fn describe(rule: Rule) -> (&'static str, Rank) {
         Rule::stmt => ("a statement", Thing),
         Rule::let_stmt => ("a `let` binding", Thing),
         Rule::param_decl => ("a `param` declaration", Thing),
+        Rule::param_domain | Rule::kw_in => ("a domain like `in [0, inf)`", Continuation),
+        Rule::domain_open => ("`[` or `(`", Token),
+        Rule::domain_close => ("`]` or `)`", Token),
+        Rule::domain_bound => ("a number or `inf`", Thing),
         Rule::state_decl => ("a `state` declaration", Thing),
         Rule::report_stmt => ("a `report`", Thing),
         Rule::assert_stmt => ("an `assert`", Thing),
@@ -1318,13 +1322,22 @@ impl<'s> Builder<'s> {
     }
 
     fn parse_param_decl(&self, pair: Pair<'s, Rule>, top_level: bool) -> Result<(Line, usize)> {
-        let (name, ty, default, span, doc) = self.parse_decl(pair, top_level)?;
+        let domain = pair
+            .clone()
+            .into_inner()
+            .find(|p| p.as_rule() == Rule::param_domain)
+            .map(|d| parse_domain(&d));
+        let (name, ty, default, mut span, doc) = self.parse_decl(pair, top_level)?;
+        if let Some(d) = &domain {
+            span = Span::new(span.start, d.span.end);
+        }
         let depth = default.depth;
         let stmt = Stmt::Param {
             doc,
             name,
             ty,
             default: default.expr,
+            domain,
             span,
         };
         Ok((Line::Stmt(stmt), depth))
@@ -1858,4 +1871,30 @@ fn doc_comment(src: &str, start: usize) -> Option<String> {
 
 fn is_blank(s: &str) -> bool {
     s.chars().all(|c| c.is_whitespace() || c == '\u{FEFF}')
+}
+
+/// `in [lo, hi)`: the bounds as numbers (`inf` and `-inf` included).
+fn parse_domain(pair: &Pair<'_, Rule>) -> ParamDomain {
+    let sp = pair.as_span();
+    let mut lo_closed = true;
+    let mut hi_closed = true;
+    let mut bounds = vec![];
+    for p in pair.clone().into_inner() {
+        match p.as_rule() {
+            Rule::domain_open => lo_closed = p.as_str() == "[",
+            Rule::domain_close => hi_closed = p.as_str() == "]",
+            Rule::domain_bound => {
+                let t = p.as_str().replace('_', "");
+                bounds.push(t.parse::<f64>().unwrap_or(f64::NAN));
+            }
+            _ => {}
+        }
+    }
+    ParamDomain {
+        lo: bounds.first().copied().unwrap_or(f64::NEG_INFINITY),
+        lo_closed,
+        hi: bounds.get(1).copied().unwrap_or(f64::INFINITY),
+        hi_closed,
+        span: Span::new(sp.start(), sp.end()),
+    }
 }

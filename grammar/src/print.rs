@@ -187,12 +187,16 @@ impl Printer {
                 name,
                 ty,
                 default,
+                domain,
                 span,
             } => {
                 self.open(format_args!("param {} {}", Name(name), At(*span)));
                 self.doc(doc);
                 self.type_expr("type", ty);
                 self.expr(default);
+                if let Some(d) = domain {
+                    self.leaf(format_args!("domain {d} {}", At(d.span)));
+                }
             }
             Stmt::State {
                 doc,

@@ -969,7 +969,7 @@ fn gradcheck(ctx: &Ctx, a: GradcheckArgs, out: &mut dyn Write) -> Res<()> {
             &RunError {
                 code: "L4901",
                 message: format!("gradcheck failed for `{}`: the compiled gradient disagrees with finite differences", p.opt.name),
-                help: Some("if the loss has kinks (abs, relu, max, where), a random point may sit on one: try another --seed".into()),
+                help: Some("if the loss has kinks (abs, relu, max, where), a random point may sit on one: try another --seed; a NaN or inf gradient is no kink: look for a division, log or sqrt at the edge of a param's range (beta = 0), and declare its domain (`in (0, inf)`) or guard it with where".into()),
             },
         ))
     }
@@ -1175,8 +1175,13 @@ pub fn doc_page(p: &Program) -> String {
         s.push_str("  (none)\n");
     }
     for pr in &g.params {
+        let domain = pr
+            .domain
+            .as_ref()
+            .map(|d| format!(" in {d}"))
+            .unwrap_or_default();
         s.push_str(&format!(
-            "  {:<18} {:<5} = {}\n",
+            "  {:<18} {:<5} = {}{domain}\n",
             pr.name,
             pr.dtype.to_string(),
             pr.default.text()

@@ -558,7 +558,7 @@ fn non_finite_values_with_check_finite() {
             &["--check-finite"],
         );
         expect(&out, 1, &["input `weight` is inf at [1]"]);
-        // Finite inputs, a non-finite result: a NaN param reaches the loss.
+        // A NaN param never reaches the loss: it is outside every domain.
         let out = run_ce(
             b,
             &[
@@ -568,7 +568,14 @@ fn non_finite_values_with_check_finite() {
             ],
             &["--check-finite", "--param", "label_smoothing=nan"],
         );
-        expect(&out, 1, &["the loss is NaN"]);
+        expect(
+            &out,
+            1,
+            &[
+                "L6115",
+                "param `label_smoothing` = NaN is outside its domain [0, 1]",
+            ],
+        );
         // Without the flag a NaN input is computed through, not rejected.
         let out = run_ce(
             b,

@@ -337,6 +337,13 @@ impl<'a> Frame<'a> {
                         s[ax] = 1;
                     }
                     Tensor::zeros(s, x.dtype(), self.device)?
+                } else if x.dtype() == CDType::F32 {
+                    // f32 sums accumulate in f64, like the JIT and the interpreter:
+                    // candle's f32 reduction drifts by percents over 1e8 terms.
+                    // A cast and an f64 sum exist on every device.
+                    x.to_dtype(CDType::F64)?
+                        .sum_keepdim(axes.clone())?
+                        .to_dtype(CDType::F32)?
                 } else {
                     x.sum_keepdim(axes.clone())?
                 }

@@ -413,21 +413,34 @@ fn lower_node(b: &mut Builder, g: &Graph, h: Handle, args: &[Slot]) -> R {
             let r = match kind {
                 ReduceKind::Sum => b.emit(Call::SumKeepdim(axes.clone()), &[x()], d, ks),
                 ReduceKind::Max | ReduceKind::Min => {
-                    let axis = axes[0];
-                    let call = if *kind == ReduceKind::Max {
-                        Call::MaxKeepdim(axis)
+                    // candle reduces one axis at a time; an extreme (and the
+                    // presence of a NaN) does not depend on the order.
+                    let mut m = x();
+                    let mut any = if d.is_float() {
+                        Some(b.isnan(x())?)
                     } else {
-                        Call::MinKeepdim(axis)
+                        None
                     };
-                    let m = b.emit(call, &[x()], d, ks.clone());
-                    if d.is_float() {
+                    let mut cur = xs.clone();
+                    for &axis in axes {
+                        cur[axis] = Dim::lit(1);
+                        let call = if *kind == ReduceKind::Max {
+                            Call::MaxKeepdim(axis)
+                        } else {
+                            Call::MinKeepdim(axis)
+                        };
+                        m = b.emit(call, &[m], d, cur.clone());
+                        any = any.map(|a| {
+                            b.emit(Call::MaxKeepdim(axis), &[a], DType::Bool, cur.clone())
+                        });
+                    }
+                    match any {
                         // NaN propagates (candle's max skips it).
-                        let nan = b.isnan(x())?;
-                        let any = b.emit(Call::MaxKeepdim(axis), &[nan], DType::Bool, ks);
-                        let nanv = b.f(f64::NAN, m);
-                        b.where_(any, nanv, m)?
-                    } else {
-                        m
+                        Some(any) => {
+                            let nanv = b.f(f64::NAN, m);
+                            b.where_(any, nanv, m)?
+                        }
+                        None => m,
                     }
                 }
             };

@@ -99,6 +99,7 @@ fn every_op_matches_the_interpreter() {
                     name: "p".into(),
                     dtype: DType::F32,
                     default: Scalar::F(0.25),
+                    domain: None,
                     span: sp,
                     doc: None,
                 });

@@ -205,6 +205,7 @@ fn params_and_state_are_arguments() {
         name: "gamma".into(),
         dtype: DType::F32,
         default: Scalar::F(2.0),
+        domain: None,
         span: sp,
         doc: None,
     });

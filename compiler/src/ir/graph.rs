@@ -79,6 +79,8 @@ pub struct ParamDecl {
     pub name: String,
     pub dtype: DType,
     pub default: Scalar,
+    /// `in [lo, hi)`: the values a call may give (checked when a call is bound).
+    pub domain: Option<losslang_grammar::ast::ParamDomain>,
     pub span: Span,
     pub doc: Option<String>,
 }

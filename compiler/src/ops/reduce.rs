@@ -38,17 +38,10 @@ pub fn infer(op: &Op, args: &[&Ty]) -> Result<Ty, String> {
     arity(args, 1, &name)?;
     let x = args[0];
     match op {
-        Op::Reduce {
-            kind,
-            axes,
-            keepdims,
-        } => {
+        Op::Reduce { axes, keepdims, .. } => {
             check_axes(axes, x.rank(), &name)?;
             if x.dtype == DType::Bool {
                 return Err(format!("`{name}` needs numbers, got bool"));
-            }
-            if *kind != ReduceKind::Sum && axes.len() != 1 {
-                return Err(format!("internal: `{name}` reduces one axis at a time"));
             }
             Ok(Ty::new(x.dtype, reduced_shape(x, axes, *keepdims)))
         }
@@ -90,7 +83,10 @@ pub fn vjp(op: &Op, gr: &mut Graph, node: Handle, g: Handle) -> Vec<Option<Handl
             match kind {
                 ReduceKind::Sum => vec![Some(gb)],
                 ReduceKind::Max | ReduceKind::Min => {
-                    // The first element equal to the extreme gets the whole gradient.
+                    // Every element equal to the extreme gets an equal share (as
+                    // `torch.amax` and `jax.numpy.max`): a tie is symmetric, and the
+                    // shares sum to the cotangent. A NaN extreme equals nothing, so
+                    // no element gets a gradient there.
                     let yk = if *keepdims {
                         node
                     } else {
@@ -99,18 +95,10 @@ pub fn vjp(op: &Op, gr: &mut Graph, node: Handle, g: Handle) -> Vec<Option<Handl
                     let hit = gr.binary(BinaryOp::Eq, x, yk, sp);
                     let d = gr.ty(x).dtype;
                     let hitf = gr.cast(hit, d, sp);
-                    let c = gr.mk(
-                        Op::Cumsum {
-                            axis: axes[0],
-                            reverse: false,
-                        },
-                        vec![hitf],
-                        sp,
-                    );
-                    let one = gr.float(1.0, d, sp);
-                    let first = gr.binary(BinaryOp::Eq, c, one, sp);
-                    let first = gr.binary(BinaryOp::And, hit, first, sp);
-                    vec![Some(gr.mask(first, gb, sp))]
+                    let cnt = gr.sum(hitf, axes.clone(), true, sp);
+                    let share = gr.div(gk, cnt, sp);
+                    let share = gr.broadcast_to(share, xs.clone(), sp);
+                    vec![Some(gr.mask(hit, share, sp))]
                 }
             }
         }

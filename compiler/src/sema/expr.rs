@@ -426,9 +426,9 @@ impl Checker<'_> {
         let ha = self.g.cast(ha, d, span);
         let hb = self.g.cast(hb, d, span);
         let (sa, sb) = (self.g.ty(ha).shape.clone(), self.g.ty(hb).shape.clone());
-        // Two computed branches must agree exactly; a literal branch (`0.0`) broadcasts.
-        let both_computed = matches!(a, Val::T(_)) && matches!(b, Val::T(_));
-        if sa != sb && (both_computed || crate::ops::broadcast_shapes(&sa, &sb).is_err()) {
+        // The branches broadcast against each other (LANGUAGE.md, second round): the
+        // result has the broadcast shape.
+        if sa != sb && crate::ops::broadcast_shapes(&sa, &sb).is_err() {
             self.err(
                 Diagnostic::error(
                     "L3007",
@@ -441,7 +441,7 @@ impl Checker<'_> {
                     ),
                 )
                 .label("branches differ")
-                .help("both branches must give values of one shape: reduce one of them, or use where(cond, a, b) for an elementwise choice"),
+                .help("the branches must give shapes that broadcast against each other: reduce or reshape one of them"),
             );
             return Val::Poison;
         }

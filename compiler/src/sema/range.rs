@@ -1,7 +1,8 @@
 //! Range analysis for the numerical lints: an interval per value, enough to
 //! prove that a `log` argument is positive, a divisor non-zero, a `sqrt`
-//! argument non-negative. Only values computed from inputs are linted. Params
-//! are taken at their default value and state at its initial value (the
+//! argument non-negative. Only values computed from inputs, or from params with
+//! a declared domain, are linted. Params range over their declared domain, or
+//! are taken at their default value, and state at its initial value (the
 //! user's stated assumption); sizes count as at least 1.
 
 use super::scope::Checker;
@@ -139,7 +140,17 @@ pub fn range(g: &Graph, h: Handle, memo: &mut HashMap<Handle, Range>) -> Range {
     let arg = |i: usize, memo: &mut HashMap<Handle, Range>| range(g, n.args[i], memo);
     let r = match &n.op {
         Op::Const(v, _) | Op::Fill(v, _, _) => Range::point(v.as_f64()),
-        Op::Param(k) => Range::point(g.params[*k].default.as_f64()),
+        // A declared domain is every value a call may give; without one the
+        // default is the user's stated assumption.
+        Op::Param(k) => match &g.params[*k].domain {
+            Some(d) => Range {
+                lo: d.lo,
+                hi: d.hi,
+                lo_open: !d.lo_closed,
+                hi_open: !d.hi_closed,
+            },
+            None => Range::point(g.params[*k].default.as_f64()),
+        },
         Op::State(k) => range(g, g.states[*k].init, memo),
         Op::DimSize(_) => Range::new(1.0, f64::INFINITY),
         Op::Iota(_) => Range::new(0.0, f64::INFINITY),
@@ -344,7 +355,7 @@ pub fn range(g: &Graph, h: Handle, memo: &mut HashMap<Handle, Range>) -> Range {
 impl Checker<'_> {
     /// `log(x)` and `a / x`: warn unless `x` is provably positive (non-zero for `/`).
     pub fn lint_positive(&mut self, h: Handle, span: Span, what: &str, division: bool) {
-        if !self.depends_on_inputs(h) {
+        if !self.lintable(h) {
             return;
         }
         let r = range(&self.g, h, &mut HashMap::new());
@@ -367,7 +378,7 @@ impl Checker<'_> {
     }
 
     pub fn lint_nonneg(&mut self, h: Handle, span: Span, what: &str) {
-        if !self.depends_on_inputs(h) {
+        if !self.lintable(h) {
             return;
         }
         if range(&self.g, h, &mut HashMap::new()).nonneg() {

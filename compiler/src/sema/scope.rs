@@ -634,12 +634,13 @@ impl Checker<'_> {
                 name,
                 ty,
                 default,
+                domain,
                 span,
             } => {
                 if !self.only_top(top, *span, "param") {
                     return;
                 }
-                self.check_param(doc, name, ty, default, *span);
+                self.check_param(doc, name, ty, default, domain.as_ref(), *span);
                 // A failed declaration still binds its name, so later uses stay quiet.
                 if self.lookup(&name.name).is_none() {
                     self.bind(&name.name, Val::Poison);
@@ -762,6 +763,7 @@ impl Checker<'_> {
         name: &ast::Ident,
         ty: &TypeExpr,
         default: &ast::Expr,
+        domain: Option<&ast::ParamDomain>,
         span: Span,
     ) {
         let Some(dt) = self.dtype_of(ty) else { return };
@@ -819,11 +821,39 @@ impl Checker<'_> {
                 return;
             }
         };
+        if let Some(d) = domain {
+            let bad = if dt == DType::Bool {
+                Some("a bool param has no domain".to_string())
+            } else if d.lo.is_nan()
+                || d.hi.is_nan()
+                || d.lo > d.hi
+                || (d.lo == d.hi && !(d.lo_closed && d.hi_closed))
+            {
+                Some(format!("the domain {d} is empty"))
+            } else if !d.contains(val.as_f64()) {
+                Some(format!(
+                    "the default `{}` of `{}` is outside its domain {d}",
+                    val.text(),
+                    name.name
+                ))
+            } else {
+                None
+            };
+            if let Some(msg) = bad {
+                self.err(
+                    Diagnostic::error("L3018", self.file, d.span, msg)
+                        .label("this domain")
+                        .help("write the interval of values the param may take, e.g. `in [0, inf)`, with the default inside it"),
+                );
+                return;
+            }
+        }
         let idx = self.g.params.len();
         self.g.params.push(ParamDecl {
             name: name.name.clone(),
             dtype: dt,
             default: val,
+            domain: domain.cloned(),
             span,
             doc: doc.clone(),
         });
@@ -1097,6 +1127,25 @@ impl Checker<'_> {
     }
 
     /// Whether a value reads any input.
+    /// Whether a numerical lint applies to `h`: it is computed from the data,
+    /// or from a param whose declared domain is every value a call may give.
+    pub fn lintable(&self, h: crate::ir::Handle) -> bool {
+        let mut stack = vec![h];
+        let mut seen = std::collections::HashSet::new();
+        while let Some(x) = stack.pop() {
+            if !seen.insert(x) {
+                continue;
+            }
+            let n = self.g.node(x);
+            match n.op {
+                Op::Input(_) => return true,
+                Op::Param(k) if self.g.params[k].domain.is_some() => return true,
+                _ => stack.extend(n.args.iter().copied()),
+            }
+        }
+        false
+    }
+
     pub fn depends_on_inputs(&self, h: crate::ir::Handle) -> bool {
         let mut stack = vec![h];
         let mut seen = std::collections::HashSet::new();
