@@ -195,6 +195,18 @@ def _bind(inputs, params, state, dims, input_axes=None, unbound_ok=()):
 def _param_value(decl, v):
     d = decl["dtype"]
     n = decl["name"]
+    dom = _PARAM_DOMAINS.get(n)
+    if dom is not None and _is_concrete(v) and not isinstance(v, bool):
+        x = float(v)
+        lo, lo_closed, hi, hi_closed, txt = dom
+        inside = (x >= lo if lo_closed else x > lo) and (x <= hi if hi_closed else x < hi)
+        if not inside:
+            shown = repr(v) if isinstance(v, (int, float)) else repr(x)
+            raise DataError(
+                "L6115",
+                f"param `{n}` = {shown} is outside its domain {txt}",
+                f"give `{n}` a value in {txt}",
+            )
     if _is_array(v):
         return v
     if d == "i64" and isinstance(v, float) and v.is_integer() and abs(v) < 9.0e15:

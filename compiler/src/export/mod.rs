@@ -221,6 +221,22 @@ fn signature(p: &Plan, out: &mut String) {
     out.push_str(&reps.join(", "));
     out.push_str("],\n}\n");
     // Internal tables the data checks read.
+    out.push_str("_PARAM_DOMAINS = {\n");
+    for d in &g.params {
+        if let Some(dom) = &d.domain {
+            let _ = writeln!(
+                out,
+                "    {}: ({}, {}, {}, {}, {}),",
+                py_str(&d.name),
+                pyfmt::float_py(dom.lo),
+                if dom.lo_closed { "True" } else { "False" },
+                pyfmt::float_py(dom.hi),
+                if dom.hi_closed { "True" } else { "False" },
+                py_str(&dom.to_string())
+            );
+        }
+    }
+    out.push_str("}\n");
     out.push_str("_INPUT_AXES = [\n");
     for i in &g.inputs {
         let _ = writeln!(out, "    {},", axes_py(&i.ty.shape));
