@@ -324,10 +324,9 @@ impl<'p> Plan<'p> {
             }
         }
         for &h in forward.iter().chain(&backward).chain(&init) {
-            if !names.contains_key(&h) {
-                let name = py_ident(&format!("t{}", h.0), &mut taken);
-                names.insert(h, name);
-            }
+            names
+                .entry(h)
+                .or_insert_with(|| py_ident(&format!("t{}", h.0), &mut taken));
         }
         Plan {
             prog,
