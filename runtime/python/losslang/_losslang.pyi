@@ -40,6 +40,15 @@ class Runner:
         grads: Optional[Sequence[Any]],
         state_out: Sequence[Any],
     ) -> Tuple[float, List[Tuple[str, Any]]]: ...
+    def time_jit(
+        self,
+        inputs: Sequence[Tuple[str, Any]],
+        params: Sequence[Tuple[str, Any]],
+        state: Sequence[Tuple[str, Any]],
+        grads: Optional[Sequence[Any]],
+        state_out: Sequence[Any],
+        iters: int,
+    ) -> List[float]: ...
 
 def compile_source(text: str, name: str, loss: Optional[str] = None) -> CompiledProgram: ...
 def stdlib_source(name: str) -> Optional[str]: ...

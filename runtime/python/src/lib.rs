@@ -593,6 +593,80 @@ impl Runner {
         })
     }
 
+    /// Seconds per `JitLoss::call` on these arrays, `iters` calls timed in Rust
+    /// with no Python between them: the baseline the package's per-call
+    /// overhead is measured against (runtime/python/bench.py).
+    #[pyo3(signature = (inputs, params, state, grads, state_out, iters))]
+    // The arguments of `call` plus the count: Python calls it positionally.
+    #[allow(clippy::too_many_arguments)]
+    fn time_jit(
+        &self,
+        py: Python<'_>,
+        inputs: Named<'_>,
+        params: Named<'_>,
+        state: Named<'_>,
+        grads: Option<Vec<Bound<'_, PyAny>>>,
+        state_out: Vec<Bound<'_, PyAny>>,
+        iters: usize,
+    ) -> PyResult<Vec<f64>> {
+        guard(|| {
+            let Engine::Jit(j) = &self.engine else {
+                return Err(PyValueError::new_err("time_jit needs the jit backend"));
+            };
+            let ps = params
+                .iter()
+                .map(|(n, v)| Ok((n.clone(), scalar(v, n)?)))
+                .collect::<PyResult<Vec<_>>>()?;
+            let in_ro = inputs
+                .iter()
+                .map(|(n, a)| ro(a, n))
+                .collect::<PyResult<Vec<_>>>()?;
+            let st_ro = state
+                .iter()
+                .map(|(n, a)| ro(a, n))
+                .collect::<PyResult<Vec<_>>>()?;
+            let mut g_rw = match &grads {
+                Some(g) => g
+                    .iter()
+                    .enumerate()
+                    .map(|(k, a)| rw(a, &format!("gradient {k}")))
+                    .collect::<PyResult<Vec<_>>>()?,
+                None => vec![],
+            };
+            let mut s_rw = state_out
+                .iter()
+                .enumerate()
+                .map(|(k, a)| rw(a, &format!("state out {k}")))
+                .collect::<PyResult<Vec<_>>>()?;
+            let in_shapes: Vec<Vec<usize>> = in_ro.iter().map(Ro::shape).collect();
+            let st_shapes: Vec<Vec<usize>> = st_ro.iter().map(Ro::shape).collect();
+            let mut args = Args {
+                params: ps,
+                ..Args::default()
+            };
+            for (((n, _), r), s) in inputs.iter().zip(&in_ro).zip(&in_shapes) {
+                args.inputs.push((n.as_str(), View::new(r.data(n)?, s)));
+            }
+            for (((n, _), r), s) in state.iter().zip(&st_ro).zip(&st_shapes) {
+                args.state.push((n.as_str(), View::new(r.data(n)?, s)));
+            }
+            let mut outs = Outs::default();
+            for (k, a) in g_rw.iter_mut().enumerate() {
+                outs.grads.push(a.data(&format!("gradient {k}"))?);
+            }
+            for (k, a) in s_rw.iter_mut().enumerate() {
+                outs.state.push(a.data(&format!("state out {k}"))?);
+            }
+            let mut times = Vec::with_capacity(iters);
+            for _ in 0..iters {
+                let t = std::time::Instant::now();
+                j.call(&args, &mut outs).map_err(|e| data_error(py, &e))?;
+                times.push(t.elapsed().as_secs_f64());
+            }
+            Ok(times)
+        })
+    }
+
     /// One call. `grads`: one array per diff input (declaration order), or
     /// None for the loss alone; `state_out`: one array per state. Returns the
     /// loss and the reports.
