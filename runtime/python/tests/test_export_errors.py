@@ -34,7 +34,9 @@ def test_data_errors(target: str, export_dir: Path) -> None:
         fn({"logits": logits, "target": np.array([0, 1, 1, 2]), "weight": w}, {"smoothing": 0.1})
     with pytest.raises(ValueError, match=r"param `ignore_index` is i64, but the value given is `1.5`"):
         fn({"logits": logits, "target": np.array([0, 1, 1, 2]), "weight": w}, {"ignore_index": 1.5})
-    with pytest.raises(ValueError, match=r"param `label_smoothing` = 1.5 is outside its domain \[0, 1\]") as e:
+    with pytest.raises(
+        ValueError, match=r"param `label_smoothing` = 1.5 is outside its domain \[0, 1\]"
+    ) as e:
         fn({"logits": logits, "target": np.array([0, 1, 1, 2]), "weight": w}, {"label_smoothing": 1.5})
     assert e.value.code == "L6115"
     # an int32 label is widened, as the CLI does
