@@ -289,10 +289,12 @@ fn init_literal(p: &Plan, h: Handle) -> String {
     let mut cur = h;
     loop {
         let n = p.g.node(cur);
-        match &n.op {
-            Op::Const(v, _) | Op::Fill(v, _, _) => return scalar_py(*v),
-            Op::Cast(_) | Op::BroadcastTo(_) | Op::StopGrad => cur = n.args[0],
-            _ => return "\"computed\"".into(),
+        if let Op::Const(v, _) | Op::Fill(v, _, _) = &n.op {
+            return scalar_py(*v);
+        } else if let Op::Cast(_) | Op::BroadcastTo(_) | Op::StopGrad = &n.op {
+            cur = n.args[0];
+        } else {
+            return "\"computed\"".into();
         }
     }
 }
@@ -305,10 +307,13 @@ fn is_inline(p: &Plan, lower: &dyn Lower, h: Handle, roots: &[Handle]) -> bool {
 }
 
 pub(crate) fn inline_text_of(p: &Plan, h: Handle) -> String {
-    match &p.g.node(h).op {
-        Op::Const(v, _) => scalar_py(*v),
-        Op::DimSize(d) => dim_py(d, &p.dim_names),
-        _ => unreachable!("only constants and sizes are inline"),
+    let op = &p.g.node(h).op;
+    if let Op::Const(v, _) = op {
+        scalar_py(*v)
+    } else if let Op::DimSize(d) = op {
+        dim_py(d, &p.dim_names)
+    } else {
+        unreachable!("only constants and sizes are inline")
     }
 }
 
@@ -352,13 +357,12 @@ impl Emitter<'_, '_> {
                 format!("_gather({base}, {x}, _dist)"),
             ),
             (None, Some(y)) => {
-                let rhs = match &n.op {
-                    // a filled array is made at the rank's size, never at the batch's
-                    Op::Fill(..) => {
-                        let local = self.p.localized(h, Some(y));
-                        self.lower.expr(self.p, h, &local, &[])
-                    }
-                    _ => format!("_local({base}, {y}, _dist)"),
+                // a filled array is made at the rank's size, never at the batch's
+                let rhs = if let Op::Fill(..) = &n.op {
+                    let local = self.p.localized(h, Some(y));
+                    self.lower.expr(self.p, h, &local, &[])
+                } else {
+                    format!("_local({base}, {y}, _dist)")
                 };
                 (format!("{base}__local"), rhs)
             }
@@ -425,7 +429,7 @@ impl Emitter<'_, '_> {
                     match s.reduce {
                         Some(ReduceKind::Max) => "max",
                         Some(ReduceKind::Min) => "min",
-                        _ => "sum",
+                        Some(ReduceKind::Sum) | None => "sum",
                     }
                 ),
                 // local rows added into a replicated table: the sum over ranks is added once

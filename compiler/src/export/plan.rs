@@ -292,17 +292,13 @@ impl<'p> Plan<'p> {
         let mut names: HashMap<Handle, String> = HashMap::new();
         for (i, n) in g.nodes.iter().enumerate() {
             let h = Handle(i as u32);
-            match &n.op {
-                Op::Input(k) => {
-                    names.insert(h, input_names[*k].clone());
-                }
-                Op::Param(k) => {
-                    names.insert(h, param_names[*k].clone());
-                }
-                Op::State(k) => {
-                    names.insert(h, state_names[*k].clone());
-                }
-                _ => {}
+            // Declared values keep their declared names.
+            if let Op::Input(k) = &n.op {
+                names.insert(h, input_names[*k].clone());
+            } else if let Op::Param(k) = &n.op {
+                names.insert(h, param_names[*k].clone());
+            } else if let Op::State(k) = &n.op {
+                names.insert(h, state_names[*k].clone());
             }
         }
 
